@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs what nix-snapshotter needs to build, test and run its demo on a
+# Debian (bookworm) machine as root: containerd >= 1.7 (from trixie, pinned so
+# nothing else comes from there), runc, Nix, busybox and the npm packages.
+# Idempotent: a second run installs nothing and takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: installing system packages needs root (run as root, or install: $*)" >&2
+    exit 1
+  fi
+}
+
+have_containerd17() {
+  command -v containerd >/dev/null 2>&1 || return 1
+  local v
+  v=$(containerd --version | awk '{print $3}' | sed 's/^v//')
+  [ "$(printf '%s\n1.7.0\n' "$v" | sort -V | head -n1)" = "1.7.0" ]
+}
+
+APT_PKGS=(runc nix-bin busybox-static patchelf skopeo docker-registry apache2-utils
+          redis-tools iproute2 util-linux ca-certificates curl)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if ! have_containerd17 || [ ${#missing[@]} -gt 0 ]; then
+  need_root containerd "${missing[@]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! have_containerd17 && [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
+    # containerd 1.7 honours Mount.target; bookworm ships 1.6. Take only
+    # containerd from trixie: the low pin keeps libc and everything else.
+    cat > /etc/apt/sources.list.d/nix-snapshotter-trixie.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    cat > /etc/apt/preferences.d/nix-snapshotter-trixie <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PIN
+  fi
+  apt-get update -qq
+  pkgs=("${missing[@]}")
+  have_containerd17 || pkgs+=(containerd/trixie)
+  # policy-rc.d keeps package scripts from starting system daemons: we run
+  # private instances only.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; own_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# Nix as root, single-user: no build users needed, no sandbox (no user
+# namespaces for nixbld here).
+mkdir -p /etc/nix
+if ! grep -q '^build-users-group' /etc/nix/nix.conf 2>/dev/null; then
+  echo 'build-users-group =' >> /etc/nix/nix.conf
+fi
+grep -q '^sandbox' /etc/nix/nix.conf 2>/dev/null || echo 'sandbox = false' >> /etc/nix/nix.conf
+grep -q '^experimental-features' /etc/nix/nix.conf 2>/dev/null || echo 'experimental-features = nix-command' >> /etc/nix/nix.conf
+# Nothing outside is reachable from here by default; do not wait on cache.nixos.org.
+grep -q '^substituters' /etc/nix/nix.conf 2>/dev/null || echo 'substituters =' >> /etc/nix/nix.conf
+
+# npm dependencies (better-sqlite3 builds from source when no prebuilt binary
+# can be fetched).
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi

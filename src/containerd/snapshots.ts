@@ -1,0 +1,133 @@
+/**
+ * A Snapshotter over gRPC: talks containerd.services.snapshots.v1 to either
+ * a proxy snapshotter's socket (ours) or containerd's own snapshots service,
+ * where `snapshotter` picks the backend ("nix", "overlayfs") and the
+ * namespace travels as gRPC metadata, as containerd's Go client sends it.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { snapshotsService } from "../service/proto.js";
+import { fromStatus } from "../service/status.js";
+import {
+  fromWireInfo,
+  fromWireMount,
+  toWireInfo,
+  type WireInfo,
+  type WireMount,
+} from "../service/snapshots.js";
+import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "../snapshotter/snapshotter.js";
+
+export interface SnapshotsClientOptions {
+  /** Unix socket path (or a grpc-js target such as "unix:/run/x.sock"). */
+  address: string;
+  /** The snapshotter name containerd's service dispatches on; ignored by a proxy. */
+  snapshotter?: string;
+  /** containerd namespace, sent as the containerd-namespace header. */
+  namespace?: string;
+}
+
+export function grpcTarget(address: string): string {
+  return address.includes(":") && !address.startsWith("/") ? address : `unix:${address}`;
+}
+
+export class SnapshotsClient implements Snapshotter {
+  private readonly client: grpc.Client;
+  private readonly snapshotter: string;
+  private readonly metadata: grpc.Metadata;
+
+  constructor(opts: SnapshotsClientOptions) {
+    const Ctor = snapshotsService();
+    this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), {
+      "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    });
+    this.snapshotter = opts.snapshotter ?? "";
+    this.metadata = new grpc.Metadata();
+    if (opts.namespace) this.metadata.set("containerd-namespace", opts.namespace);
+  }
+
+  private call<Res>(method: string, req: object): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      const fn = (this.client as unknown as Record<string, Function>)[method]!;
+      fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
+        if (err) reject(fromStatus(err));
+        else resolve(res);
+      });
+    });
+  }
+
+  async stat(key: string): Promise<Info> {
+    const res = await this.call<{ info: WireInfo }>("Stat", { key });
+    return fromWireInfo(res.info);
+  }
+
+  async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
+    const wire = toWireInfo({ ...info, parent: "", kind: "active", created: new Date(0), updated: new Date(0) });
+    const res = await this.call<{ info: WireInfo }>("Update", {
+      info: { name: wire.name, labels: wire.labels },
+      updateMask: fieldPaths.length ? { paths: fieldPaths } : null,
+    });
+    return fromWireInfo(res.info);
+  }
+
+  async usage(key: string): Promise<Usage> {
+    const res = await this.call<{ size: number; inodes: number }>("Usage", { key });
+    return { size: Number(res.size), inodes: Number(res.inodes) };
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    const res = await this.call<{ mounts: WireMount[] }>("Mounts", { key });
+    return res.mounts.map(fromWireMount);
+  }
+
+  async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
+    const res = await this.call<{ mounts: WireMount[] }>("Prepare", { key, parent, labels: opts.labels ?? {} });
+    return res.mounts.map(fromWireMount);
+  }
+
+  async view(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
+    const res = await this.call<{ mounts: WireMount[] }>("View", { key, parent, labels: opts.labels ?? {} });
+    return res.mounts.map(fromWireMount);
+  }
+
+  async commit(name: string, key: string, opts: CreateOptions = {}): Promise<void> {
+    await this.call("Commit", { name, key, labels: opts.labels ?? {} });
+  }
+
+  async remove(key: string): Promise<void> {
+    await this.call("Remove", { key });
+  }
+
+  walk(fn: (info: Info) => void | Promise<void>, filters: string[] = []): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const stream = (this.client as unknown as Record<string, Function>)["List"]!.call(
+        this.client,
+        { snapshotter: this.snapshotter, filters },
+        this.metadata,
+      ) as grpc.ClientReadableStream<{ info: WireInfo[] }>;
+      const infos: Info[] = [];
+      stream.on("data", (msg: { info: WireInfo[] }) => {
+        for (const w of msg.info) infos.push(fromWireInfo(w));
+      });
+      stream.on("error", (err) => reject(fromStatus(err)));
+      stream.on("end", () => {
+        (async () => {
+          for (const info of infos) await fn(info);
+        })().then(resolve, reject);
+      });
+    });
+  }
+
+  async cleanup(): Promise<void> {
+    await this.call("Cleanup", {});
+  }
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+
+  /** Resolves once the channel is connected (or rejects after the deadline). */
+  waitForReady(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+}

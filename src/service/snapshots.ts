@@ -1,0 +1,173 @@
+/**
+ * Serves any Snapshotter as containerd.services.snapshots.v1.Snapshots: the
+ * protocol containerd speaks to a proxy snapshotter. Wire <-> core
+ * conversion and error mapping happen here and nowhere else.
+ */
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../log.js";
+import type { Info, Kind, Mount, Snapshotter } from "../snapshotter/snapshotter.js";
+import { snapshotsService } from "./proto.js";
+import { toStatus } from "./status.js";
+
+export interface WireTimestamp {
+  seconds: number;
+  nanos: number;
+}
+
+export interface WireInfo {
+  name: string;
+  parent: string;
+  kind: string;
+  createdAt?: WireTimestamp | null;
+  updatedAt?: WireTimestamp | null;
+  labels: Record<string, string>;
+}
+
+export interface WireMount {
+  type: string;
+  source: string;
+  target: string;
+  options: string[];
+}
+
+const KIND_TO_WIRE: Record<Kind, string> = { view: "VIEW", active: "ACTIVE", committed: "COMMITTED" };
+const WIRE_TO_KIND: Record<string, Kind> = { VIEW: "view", ACTIVE: "active", COMMITTED: "committed" };
+
+export function toWireTimestamp(d: Date): WireTimestamp {
+  const ms = d.getTime();
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+}
+
+export function fromWireTimestamp(t: WireTimestamp | null | undefined): Date {
+  if (!t) return new Date(0);
+  return new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6));
+}
+
+export function toWireInfo(info: Info): WireInfo {
+  return {
+    name: info.name,
+    parent: info.parent,
+    kind: KIND_TO_WIRE[info.kind],
+    createdAt: toWireTimestamp(info.created),
+    updatedAt: toWireTimestamp(info.updated),
+    labels: info.labels,
+  };
+}
+
+export function fromWireInfo(w: WireInfo): Info {
+  return {
+    name: w.name,
+    parent: w.parent,
+    kind: WIRE_TO_KIND[w.kind] ?? "active",
+    labels: w.labels ?? {},
+    created: fromWireTimestamp(w.createdAt),
+    updated: fromWireTimestamp(w.updatedAt),
+  };
+}
+
+export function toWireMount(m: Mount): WireMount {
+  return { type: m.type, source: m.source, target: m.target ?? "", options: m.options };
+}
+
+export function fromWireMount(w: WireMount): Mount {
+  const m: Mount = { type: w.type, source: w.source, options: w.options ?? [] };
+  if (w.target) m.target = w.target;
+  return m;
+}
+
+/** containerd's snapshots service sends List results in batches of this size. */
+const LIST_BATCH = 100;
+
+type Unary<Req, Res> = grpc.handleUnaryCall<Req, Res>;
+
+export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: Logger): void {
+  const namespace = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>) =>
+    (call.metadata.get("containerd-namespace")[0] as string | undefined) ?? undefined;
+
+  function unary<Req, Res>(method: string, keyOf: (req: Req) => string | undefined, fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
+    return (call, callback) => {
+      const started = process.hrtime.bigint();
+      const key = keyOf(call.request);
+      fn(call.request).then(
+        (res) => {
+          if (log.enabled("debug")) {
+            const ms = Number(process.hrtime.bigint() - started) / 1e6;
+            log.debug(method, { key, namespace: namespace(call), ms: ms.toFixed(2) });
+          }
+          callback(null, res);
+        },
+        (err: unknown) => {
+          const status = toStatus(err);
+          // NotFound/AlreadyExists are the protocol at work (the unpacker
+          // probes with Stat and Prepare); anything unknown is a fault.
+          const level = status.code === grpc.status.UNKNOWN ? "error" : "debug";
+          log[level](`${method} failed`, { key, namespace: namespace(call), code: grpc.status[status.code!], error: status.details });
+          callback(status as grpc.ServiceError, null);
+        },
+      );
+    };
+  }
+
+  interface KeyReq { key: string }
+  interface CreateReq { key: string; parent: string; labels: Record<string, string> }
+
+  const handlers: grpc.UntypedServiceImplementation = {
+    Prepare: unary<CreateReq, unknown>("prepare", (r) => r.key, async (r) => ({
+      mounts: (await sn.prepare(r.key, r.parent, { labels: r.labels })).map(toWireMount),
+    })),
+    View: unary<CreateReq, unknown>("view", (r) => r.key, async (r) => ({
+      mounts: (await sn.view(r.key, r.parent, { labels: r.labels })).map(toWireMount),
+    })),
+    Mounts: unary<KeyReq, unknown>("mounts", (r) => r.key, async (r) => ({
+      mounts: (await sn.mounts(r.key)).map(toWireMount),
+    })),
+    Commit: unary<{ name: string; key: string; labels: Record<string, string> }, unknown>("commit", (r) => r.key, async (r) => {
+      await sn.commit(r.name, r.key, { labels: r.labels });
+      return {};
+    }),
+    Remove: unary<KeyReq, unknown>("remove", (r) => r.key, async (r) => {
+      await sn.remove(r.key);
+      return {};
+    }),
+    Stat: unary<KeyReq, unknown>("stat", (r) => r.key, async (r) => ({ info: toWireInfo(await sn.stat(r.key)) })),
+    Update: unary<{ info: WireInfo | null; updateMask: { paths: string[] } | null }, unknown>(
+      "update",
+      (r) => r.info?.name,
+      async (r) => {
+        const info = r.info ?? { name: "", labels: {} };
+        const updated = await sn.update({ name: info.name, labels: info.labels ?? {} }, r.updateMask?.paths ?? []);
+        return { info: toWireInfo(updated) };
+      },
+    ),
+    Usage: unary<KeyReq, unknown>("usage", (r) => r.key, async (r) => {
+      const u = await sn.usage(r.key);
+      return { size: u.size, inodes: u.inodes };
+    }),
+    Cleanup: unary<unknown, unknown>("cleanup", () => undefined, async () => {
+      await sn.cleanup();
+      return {};
+    }),
+    List: (call: grpc.ServerWritableStream<{ filters: string[] }, unknown>) => {
+      let batch: WireInfo[] = [];
+      sn.walk((info) => {
+        batch.push(toWireInfo(info));
+        if (batch.length >= LIST_BATCH) {
+          call.write({ info: batch });
+          batch = [];
+        }
+      }, call.request.filters).then(
+        () => {
+          if (batch.length > 0) call.write({ info: batch });
+          log.debug("list", { namespace: namespace(call), filters: call.request.filters.join(" | ") || undefined });
+          call.end();
+        },
+        (err: unknown) => {
+          const status = toStatus(err);
+          log.debug("list failed", { code: grpc.status[status.code!], error: status.details });
+          call.emit("error", status);
+        },
+      );
+    },
+  };
+  server.addService(snapshotsService().service, handlers);
+}

@@ -1,0 +1,233 @@
+/**
+ * The overlayfs snapshotter: directories and mount options, with metadata
+ * asked of the MetaStore inside the same transaction.
+ *
+ * Layout under root:
+ *   metadata.db            SQLite (WAL)
+ *   snapshots/<id>/fs      the snapshot's upper directory
+ *   snapshots/<id>/work    overlayfs workdir (active snapshots only)
+ *   snapshots/new-*        directories being prepared (not yet in metadata)
+ *
+ * Crash safety: a new snapshot's directory is built under a temporary name
+ * and renamed to its id inside the metadata transaction, so a kill at any
+ * point leaves either a committed row with its directory, or a directory no
+ * row names; a removed snapshot's row is deleted before its directory. Either
+ * way the leftover is a directory with no row, which Cleanup (and start-up)
+ * reclaims. No row ever points at a missing directory.
+ */
+import { existsSync, renameSync, rmSync } from "node:fs";
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
+import type { Logger } from "../log.js";
+import { nullLogger } from "../log.js";
+import { parseFilters, snapshotAdaptor } from "./filters.js";
+import { MetaStore, type SnapshotRecord } from "./metadata.js";
+import { computeMounts, upperPath, type SnapshotPaths } from "./mounts.js";
+import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
+import { diskUsage } from "./usage.js";
+
+export interface OverlayOptions {
+  root: string;
+  /** Extra overlay mount options; index=off is added when the kernel has the knob. */
+  mountOptions?: string[];
+  logger?: Logger;
+}
+
+/** One link of a snapshot's chain, for decorators that need parents' labels. */
+export interface ChainLink {
+  id: string;
+  key: string;
+  labels: Record<string, string>;
+}
+
+export class OverlaySnapshotter implements Snapshotter {
+  readonly root: string;
+  readonly paths: SnapshotPaths;
+  private readonly ms: MetaStore;
+  private readonly options: string[];
+  private readonly log: Logger;
+  /** Temporary directories of Prepare/View calls in flight: Cleanup keeps them. */
+  private readonly pending = new Set<string>();
+  private closed = false;
+
+  private constructor(root: string, ms: MetaStore, options: string[], log: Logger) {
+    this.root = root;
+    this.paths = { snapshotsDir: path.join(root, "snapshots") };
+    this.ms = ms;
+    this.options = options;
+    this.log = log;
+  }
+
+  static async open(opts: OverlayOptions): Promise<OverlaySnapshotter> {
+    const root = path.resolve(opts.root);
+    await mkdir(path.join(root, "snapshots"), { recursive: true, mode: 0o700 });
+    const ms = new MetaStore(path.join(root, "metadata.db"));
+    const options = [...(opts.mountOptions ?? [])];
+    // index=off as containerd: with the index feature on, overlayfs refuses
+    // to mount a lower layer that was mounted before with another upper.
+    if (!options.some((o) => o.startsWith("index=")) && existsSync("/sys/module/overlay/parameters/index")) {
+      options.push("index=off");
+    }
+    return new OverlaySnapshotter(root, ms, options, opts.logger ?? nullLogger);
+  }
+
+  /** The metadata store, for decorators that keep per-snapshot state. */
+  get metadata(): MetaStore {
+    return this.ms;
+  }
+
+  async stat(key: string): Promise<Info> {
+    return this.ms.read(() => this.ms.getInfo(key).info);
+  }
+
+  async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
+    return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths));
+  }
+
+  async usage(key: string): Promise<Usage> {
+    const { id, info, usage } = this.ms.read(() => this.ms.getInfo(key));
+    // Committed: recorded at commit. Active: measured now. View: nothing of
+    // its own (containerd reports zero too).
+    if (info.kind !== "active") return usage;
+    return diskUsage(upperPath(this.paths, id));
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    const s = this.ms.read(() => this.ms.getSnapshot(key));
+    return computeMounts(this.paths, s, this.options);
+  }
+
+  /** The record (id, kind, parent ids) of an active snapshot or view. */
+  async record(key: string): Promise<SnapshotRecord> {
+    return this.ms.read(() => this.ms.getSnapshot(key));
+  }
+
+  /** The snapshot itself followed by its parents, nearest first. */
+  async chain(key: string): Promise<ChainLink[]> {
+    return this.ms.read(() => this.ms.chainLinks(key));
+  }
+
+  async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
+    return this.create("active", key, parent, opts);
+  }
+
+  async view(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
+    return this.create("view", key, parent, opts);
+  }
+
+  async commit(name: string, key: string, opts: CreateOptions = {}): Promise<void> {
+    // Measure outside the transaction (it walks the tree), then commit.
+    // containerd does the same walk; an active snapshot is not written to
+    // while it is being committed.
+    const { id, info } = this.ms.read(() => this.ms.getInfo(key));
+    if (info.kind !== "active") {
+      throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
+    }
+    const usage = await diskUsage(upperPath(this.paths, id));
+    this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}));
+    this.log.debug("committed", { key, name, id });
+  }
+
+  async remove(key: string): Promise<void> {
+    const { id } = this.ms.transaction(() => this.ms.remove(key));
+    await this.removeDir(path.join(this.paths.snapshotsDir, id));
+    this.log.debug("removed", { key, id });
+  }
+
+  async walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {
+    const match = parseFilters(filters);
+    const infos = this.ms.read(() => this.ms.list());
+    for (const info of infos) {
+      if (match(snapshotAdaptor(info))) await fn(info);
+    }
+  }
+
+  async cleanup(): Promise<void> {
+    const ids = this.ms.read(() => this.ms.ids());
+    const entries = await readdir(this.paths.snapshotsDir);
+    for (const name of entries) {
+      if (ids.has(name) || this.pending.has(name)) continue;
+      this.log.info("reclaiming directory no snapshot references", { dir: name });
+      await this.removeDir(path.join(this.paths.snapshotsDir, name));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.ms.close();
+  }
+
+  private async create(kind: "active" | "view", key: string, parent: string, opts: CreateOptions): Promise<Mount[]> {
+    if (key === "") throw new InvalidArgumentError("snapshot key must not be empty");
+    const labels = opts.labels ?? {};
+    const td = await mkdtemp(path.join(this.paths.snapshotsDir, "new-"));
+    const tmpName = path.basename(td);
+    this.pending.add(tmpName);
+    try {
+      // Explicit chmod: the modes must not depend on the daemon's umask
+      // (a container's "/" is this directory).
+      await mkdir(path.join(td, "fs"));
+      await chmod(path.join(td, "fs"), 0o755);
+      if (kind === "active") {
+        await mkdir(path.join(td, "work"));
+        await chmod(path.join(td, "work"), 0o711);
+      }
+      // The new layer's root takes the owner of the parent's, as containerd
+      // does, so a container's "/" keeps the uid/gid its image gave it.
+      if (parent !== "") await this.inheritOwner(parent, path.join(td, "fs"));
+
+      const record = this.ms.transaction(() => {
+        const s = this.ms.createSnapshot(kind, key, parent, labels);
+        this.moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id));
+        return s;
+      });
+      this.log.debug("created", { key, parent, kind, id: record.id });
+      return computeMounts(this.paths, record, this.options);
+    } catch (err) {
+      await rm(td, { recursive: true, force: true }).catch(() => {});
+      throw err;
+    } finally {
+      this.pending.delete(tmpName);
+    }
+  }
+
+  private async inheritOwner(parent: string, dir: string): Promise<void> {
+    let st;
+    try {
+      const parentId = this.ms.read(() => this.ms.getInfo(parent).id);
+      st = await stat(upperPath(this.paths, parentId));
+    } catch {
+      return; // a missing parent is reported by the transaction, with its code
+    }
+    if (st.uid !== 0 || st.gid !== 0) await chown(dir, st.uid, st.gid);
+  }
+
+  /**
+   * Runs inside the metadata transaction. A directory may already sit at the
+   * target when a crash lost a transaction after its rename: no row names it
+   * (the id was just allocated), so it is an orphan and goes.
+   */
+  private moveIntoPlace(from: string, to: string): void {
+    try {
+      renameSync(from, to);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+      this.log.warn("replacing orphan directory left by an interrupted operation", { dir: to });
+      rmSync(to, { recursive: true, force: true });
+      renameSync(from, to);
+    }
+  }
+
+  private async removeDir(dir: string): Promise<void> {
+    try {
+      await rm(dir, { recursive: true, force: true, maxRetries: 2 });
+    } catch (err) {
+      // The row is gone already; the directory is now an orphan that the
+      // next Cleanup reclaims. Say so rather than fail the caller.
+      this.log.warn("failed to remove directory; Cleanup will retry", { dir, error: err });
+    }
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Starts the real nix-snapshotter daemon (the built CLI) as a child process
+ * with private root and socket, for tests and benchmarks.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO = fileURLToPath(new URL("../../..", import.meta.url));
+export const DAEMON_BIN = path.join(REPO, "build/src/cli/nix-snapshotter.js");
+
+export interface DaemonOptions {
+  root: string;
+  address: string;
+  /** Extra TOML appended to the private config file. */
+  config?: string;
+  logLevel?: string;
+  logFile?: string;
+  env?: Record<string, string>;
+}
+
+export interface DaemonProcess {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  /** Resolves with the exit code (or signal name). */
+  readonly exited: Promise<number | string>;
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+export function waitForSocket(p: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      if (!existsSync(p)) return retry(new Error(`socket ${p} did not appear`));
+      const c = net.connect(p);
+      c.once("connect", () => {
+        c.destroy();
+        resolve();
+      });
+      c.once("error", retry);
+    };
+    const retry = (err: Error) => {
+      if (Date.now() > deadline) reject(new Error(`timed out waiting for ${p}: ${err.message}`));
+      else setTimeout(attempt, 25);
+    };
+    attempt();
+  });
+}
+
+export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonProcess> {
+  const configFile = path.join(path.dirname(opts.address), `config-${path.basename(opts.address)}.toml`);
+  mkdirSync(path.dirname(configFile), { recursive: true });
+  writeFileSync(configFile, opts.config ?? "");
+  const args = [DAEMON_BIN, "--config", configFile, "--root", opts.root, "--address", opts.address, "--log-level", opts.logLevel ?? "info"];
+  const child = spawn(process.execPath, args, {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, ...opts.env },
+  });
+  const log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : undefined;
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => {
+    if (log) log.write(d);
+    stderr = (stderr + d.toString()).slice(-8192);
+  });
+  const exited = new Promise<number | string>((resolve) =>
+    child.once("exit", (code, sig) => {
+      log?.end();
+      resolve(code ?? sig ?? -1);
+    }),
+  );
+  try {
+    await Promise.race([
+      waitForSocket(opts.address),
+      exited.then((code) => {
+        throw new Error(`nix-snapshotter exited (${code}) before serving: ${stderr.trim()}`);
+      }),
+    ]);
+  } catch (err) {
+    child.kill("SIGKILL");
+    throw err;
+  }
+  return {
+    child,
+    pid: child.pid!,
+    exited,
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
