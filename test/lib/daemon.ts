@@ -3,7 +3,7 @@
  * with private root and socket, for tests and benchmarks.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,6 +19,8 @@ export interface DaemonOptions {
   logLevel?: string;
   logFile?: string;
   env?: Record<string, string>;
+  /** Leave it running after this process exits (development environment); needs logFile. */
+  detached?: boolean;
 }
 
 export interface DaemonProcess {
@@ -54,16 +56,22 @@ export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonPro
   mkdirSync(path.dirname(configFile), { recursive: true });
   writeFileSync(configFile, opts.config ?? "");
   const args = [DAEMON_BIN, "--config", configFile, "--root", opts.root, "--address", opts.address, "--log-level", opts.logLevel ?? "info"];
-  const child = spawn(process.execPath, args, {
-    stdio: ["ignore", "ignore", "pipe"],
-    env: { ...process.env, ...opts.env },
-  });
-  const log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : undefined;
+  let child: ChildProcess;
+  let log: ReturnType<typeof createWriteStream> | undefined;
   let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => {
-    if (log) log.write(d);
-    stderr = (stderr + d.toString()).slice(-8192);
-  });
+  if (opts.detached) {
+    const fd = openSync(opts.logFile ?? "/dev/null", "a");
+    child = spawn(process.execPath, args, { stdio: ["ignore", fd, fd], env: { ...process.env, ...opts.env }, detached: true });
+    closeSync(fd);
+    child.unref();
+  } else {
+    child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } });
+    log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : undefined;
+    child.stderr!.on("data", (d: Buffer) => {
+      if (log) log.write(d);
+      stderr = (stderr + d.toString()).slice(-8192);
+    });
+  }
   const exited = new Promise<number | string>((resolve) =>
     child.once("exit", (code, sig) => {
       log?.end();
