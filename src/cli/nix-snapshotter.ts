@@ -25,7 +25,8 @@ async function main(): Promise<number> {
     .alias("help", "h")
     .strict()
     .fail((msg, err) => {
-      throw new ConfigError(msg || err?.message || "invalid arguments");
+      // yargs writes multi-line messages; an operator's log wants one line.
+      throw new ConfigError((msg || err?.message || "invalid arguments").replace(/\s*\n\s*/g, " "));
     })
     .parseAsync();
 

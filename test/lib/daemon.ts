@@ -52,7 +52,9 @@ export function waitForSocket(p: string, timeoutMs = 15_000): Promise<void> {
 }
 
 export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonProcess> {
-  const configFile = path.join(path.dirname(opts.address), `config-${path.basename(opts.address)}.toml`);
+  // Beside the root, not the socket: the daemon itself must create the
+  // socket's directory (0700).
+  const configFile = `${opts.root}.config.toml`;
   mkdirSync(path.dirname(configFile), { recursive: true });
   writeFileSync(configFile, opts.config ?? "");
   const args = [DAEMON_BIN, "--config", configFile, "--root", opts.root, "--address", opts.address, "--log-level", opts.logLevel ?? "info"];

@@ -33,8 +33,8 @@ export interface TempDir {
   cleanup(): void;
 }
 
-export function tempDir(prefix = "nix-snapshotter-test-"): TempDir {
-  const p = mkdtempSync(path.join(process.env["NIX_SNAPSHOTTER_TEST_TMP"] ?? os.tmpdir(), prefix));
+export function tempDir(prefix = "nix-snapshotter-test-", base = process.env["NIX_SNAPSHOTTER_TEST_TMP"] ?? os.tmpdir()): TempDir {
+  const p = mkdtempSync(path.join(base, prefix));
   return {
     path: p,
     cleanup() {
