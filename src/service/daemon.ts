@@ -4,6 +4,8 @@
  */
 import type { Config } from "../config/config.js";
 import type { Logger } from "../log.js";
+import { ExternalBuilderRealiser, NixStoreRealiser } from "../nix/realise.js";
+import { NixSnapshotter } from "../snapshotter/nix.js";
 import { OverlaySnapshotter } from "../snapshotter/overlay.js";
 import type { Snapshotter } from "../snapshotter/snapshotter.js";
 import { listen, type RunningServer } from "./server.js";
@@ -17,7 +19,9 @@ export interface Daemon {
 }
 
 export async function startDaemon(cfg: Config, log: Logger): Promise<Daemon> {
-  const snapshotter = await OverlaySnapshotter.open({ root: cfg.root, logger: log });
+  const overlay = await OverlaySnapshotter.open({ root: cfg.root, logger: log });
+  const realiser = cfg.externalBuilder ? new ExternalBuilderRealiser(cfg.externalBuilder) : new NixStoreRealiser();
+  const snapshotter = await NixSnapshotter.wrap(overlay, { realiser, logger: log });
   try {
     // A crash may have left directories no snapshot references: reclaim
     // them before serving, so the first client sees a tidy root.

@@ -119,8 +119,8 @@ export class MetaStore {
         "SELECT 1 AS one FROM snapshots WHERE parent_id = ? LIMIT 1",
       ),
       remove: db.prepare<[number]>("DELETE FROM snapshots WHERE id = ?"),
-      commit: db.prepare<[string, number, string, number, number, number, number]>(
-        "UPDATE snapshots SET key = ?, kind = ?, labels = ?, updated = ?, size = ?, inodes = ? WHERE id = ?",
+      commit: db.prepare<[string, number, string, number, number, number, number, number]>(
+        "UPDATE snapshots SET key = ?, kind = ?, labels = ?, created = ?, updated = ?, size = ?, inodes = ? WHERE id = ?",
       ),
       setLabels: db.prepare<[string, number, number]>(
         "UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?",
@@ -212,7 +212,10 @@ export class MetaStore {
     if (CODE_KIND[row.kind] !== "active") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
     }
-    this.stmts.commit.run(name, KIND_CODE.committed, JSON.stringify(labels), Date.now(), usage.size, usage.inodes, row.id);
+    // As containerd: a commit is a new snapshot in time (created = updated =
+    // now) that keeps its id, and its labels are the commit's own.
+    const now = Date.now();
+    this.stmts.commit.run(name, KIND_CODE.committed, JSON.stringify(labels), now, now, usage.size, usage.inodes, row.id);
     return String(row.id);
   }
 

@@ -98,6 +98,21 @@ export class OverlaySnapshotter implements Snapshotter {
     return computeMounts(this.paths, s, this.options);
   }
 
+  /** The rootfs mounts of a record obtained from record(). */
+  mountsOf(s: SnapshotRecord): Mount[] {
+    return computeMounts(this.paths, s, this.options);
+  }
+
+  /** The id (directory name) of any snapshot. */
+  async idOf(key: string): Promise<string> {
+    return this.ms.read(() => this.ms.getInfo(key).id);
+  }
+
+  /** Every snapshot id in use. */
+  async ids(): Promise<Set<string>> {
+    return this.ms.read(() => this.ms.ids());
+  }
+
   /** The record (id, kind, parent ids) of an active snapshot or view. */
   async record(key: string): Promise<SnapshotRecord> {
     return this.ms.read(() => this.ms.getSnapshot(key));
@@ -180,7 +195,7 @@ export class OverlaySnapshotter implements Snapshotter {
 
       const record = this.ms.transaction(() => {
         const s = this.ms.createSnapshot(kind, key, parent, labels);
-        this.moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id));
+        moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
         return s;
       });
       this.log.debug("created", { key, parent, kind, id: record.id });
@@ -204,30 +219,36 @@ export class OverlaySnapshotter implements Snapshotter {
     if (st.uid !== 0 || st.gid !== 0) await chown(dir, st.uid, st.gid);
   }
 
-  /**
-   * Runs inside the metadata transaction. A directory may already sit at the
-   * target when a crash lost a transaction after its rename: no row names it
-   * (the id was just allocated), so it is an orphan and goes.
-   */
-  private moveIntoPlace(from: string, to: string): void {
-    try {
-      renameSync(from, to);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
-      this.log.warn("replacing orphan directory left by an interrupted operation", { dir: to });
-      rmSync(to, { recursive: true, force: true });
-      renameSync(from, to);
-    }
+  private removeDir(dir: string): Promise<void> {
+    return removeDir(dir, this.log);
   }
+}
 
-  private async removeDir(dir: string): Promise<void> {
-    try {
-      await rm(dir, { recursive: true, force: true, maxRetries: 2 });
-    } catch (err) {
-      // The row is gone already; the directory is now an orphan that the
-      // next Cleanup reclaims. Say so rather than fail the caller.
-      this.log.warn("failed to remove directory; Cleanup will retry", { dir, error: err });
-    }
+/**
+ * Renames a directory into its id-named place; runs inside a metadata
+ * transaction. A directory may already sit at the target when a crash lost
+ * a transaction after its rename: no row names it (the id was just
+ * allocated), so it is an orphan and goes.
+ */
+function moveIntoPlace(from: string, to: string, log: Logger): void {
+  try {
+    renameSync(from, to);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+    log.warn("replacing orphan directory left by an interrupted operation", { dir: to });
+    rmSync(to, { recursive: true, force: true });
+    renameSync(from, to);
+  }
+}
+
+/** Removes a directory whose row is gone; a failure leaves an orphan for Cleanup. */
+export async function removeDir(dir: string, log: Logger): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true, maxRetries: 2 });
+  } catch (err) {
+    // The row is gone already; the directory is now an orphan that the
+    // next Cleanup reclaims. Say so rather than fail the caller.
+    log.warn("failed to remove directory; Cleanup will retry", { dir, error: err });
   }
 }

@@ -1,0 +1,76 @@
+/**
+ * Store paths arrive as label values written by image authors on the
+ * internet. They are parsed here, once, into a StorePath; nothing past this
+ * boundary sees a raw string, so nothing unchecked reaches nix-store or a
+ * mount.
+ *
+ * A store path is exactly `<storeDir>/<hash>-<name>` where hash is 32
+ * characters of Nix's base32 alphabet (no e, o, u, t) and name uses the
+ * characters Nix allows (libstore/path.cc: checkName), at most 211 long, not
+ * starting with a dot.
+ */
+import { realpath, lstat } from "node:fs/promises";
+import path from "node:path";
+import { InvalidArgumentError } from "../errors.js";
+
+declare const storePathBrand: unique symbol;
+/** An absolute, validated store path such as /nix/store/<hash>-hello-2.12. */
+export type StorePath = string & { readonly [storePathBrand]: true };
+
+export const DEFAULT_STORE_DIR = "/nix/store";
+
+const HASH_RE = /^[0-9abcdfghijklmnpqrsvwxyz]{32}$/;
+const NAME_RE = /^[A-Za-z0-9+\-._?=]+$/;
+const MAX_NAME = 211;
+
+function describe(value: string): string {
+  const shown = value.length > 120 ? value.slice(0, 120) + "..." : value;
+  return JSON.stringify(shown);
+}
+
+/** Parses `<hash>-<name>` (a store path's basename); returns the error or undefined. */
+function checkBaseName(base: string): string | undefined {
+  const dash = base.indexOf("-");
+  if (dash !== 32) return "expected <32-character hash>-<name>";
+  if (!HASH_RE.test(base.slice(0, 32))) return "hash is not 32 characters of Nix base32";
+  const name = base.slice(33);
+  if (name.length === 0) return "name is empty";
+  if (name.length > MAX_NAME) return `name is longer than ${MAX_NAME} characters`;
+  if (name.startsWith(".")) return "name starts with a dot";
+  if (!NAME_RE.test(name)) return "name has characters Nix does not allow";
+  return undefined;
+}
+
+/** Parses an absolute store path. Throws InvalidArgumentError naming the value. */
+export function parseStorePath(value: string, storeDir = DEFAULT_STORE_DIR): StorePath {
+  const prefix = storeDir + "/";
+  if (!value.startsWith(prefix)) throw new InvalidArgumentError(`invalid store path ${describe(value)}: not in ${storeDir}`);
+  const base = value.slice(prefix.length);
+  if (base.includes("/")) throw new InvalidArgumentError(`invalid store path ${describe(value)}: must be a top-level store path, not a path inside one`);
+  const why = checkBaseName(base);
+  if (why) throw new InvalidArgumentError(`invalid store path ${describe(value)}: ${why}`);
+  return value as StorePath;
+}
+
+/** Parses a basename-only value (`<hash>-<name>`, the oldest label form). */
+export function parseStorePathBaseName(value: string, storeDir = DEFAULT_STORE_DIR): StorePath {
+  if (value.includes("/")) throw new InvalidArgumentError(`invalid store path name ${describe(value)}: must not contain "/"`);
+  const why = checkBaseName(value);
+  if (why) throw new InvalidArgumentError(`invalid store path name ${describe(value)}: ${why}`);
+  return `${storeDir}/${value}` as StorePath;
+}
+
+/**
+ * A store path that is a symlink is bind-mounted through its target; refuse
+ * one whose target leaves the store (`ln -s /etc $out` would otherwise put
+ * the host's /etc into the container).
+ */
+export async function checkNoEscape(p: StorePath, storeDir = DEFAULT_STORE_DIR): Promise<void> {
+  const st = await lstat(p);
+  if (!st.isSymbolicLink()) return;
+  const real = await realpath(p);
+  const realStore = await realpath(storeDir);
+  if (real !== realStore && !real.startsWith(realStore + path.sep)) {
+    throw new InvalidArgumentError(`store path ${p} is a symlink that leads out of ${storeDir} (to ${real})`);
+  }
+}

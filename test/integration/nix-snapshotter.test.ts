@@ -1,0 +1,226 @@
+/**
+ * The Nix layer behaviour with real Nix and real mounts: realisation and GC
+ * roots on Prepare, store bind mounts on Mounts, roots gone on Remove, and
+ * hostile labels refused without a trace.
+ */
+import { execFile } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import t from "tap";
+import { InvalidArgumentError, FailedPreconditionError } from "../../src/errors.js";
+import { ExternalBuilderRealiser, NixStoreRealiser, type Realiser } from "../../src/nix/realise.js";
+import { NixSnapshotter } from "../../src/snapshotter/nix.js";
+import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
+import type { Mount } from "../../src/snapshotter/snapshotter.js";
+import { withMounts } from "../lib/mount.js";
+import { closureOf, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
+import { requireOrSkip } from "../lib/require.js";
+import { tempDir } from "../lib/tmp.js";
+
+const run = promisify(execFile);
+
+const LAYER = "containerd.io/snapshot/nix-layer";
+const PATH_LABEL = "containerd.io/snapshot/nix-store-path.";
+const BASENAME_LABEL = "containerd.io/snapshot/nix/store.";
+const CLOSURE_LABEL = "containerd.io/snapshot/nix-closure";
+
+async function open(root: string, realiser: Realiser = new NixStoreRealiser()) {
+  const overlay = await OverlaySnapshotter.open({ root });
+  return NixSnapshotter.wrap(overlay, { realiser });
+}
+
+function binds(mounts: Mount[]): string[] {
+  return mounts.filter((m) => m.target).map((m) => m.target!);
+}
+
+function pathLabels(paths: string[]): Record<string, string> {
+  const labels: Record<string, string> = { [LAYER]: "true" };
+  paths.forEach((p, i) => (labels[`${PATH_LABEL}${i}`] = p));
+  return labels;
+}
+
+/** A three-path closure: app -> lib -> data, plus a closure file listing it. */
+async function buildClosure(n: string): Promise<{ app: string; closure: string[]; info: string }> {
+  const [app, info] = await nixBuild(`${prelude(n)}
+    let data = mk "data" "echo data > $out";
+        lib = mk "lib" "mkdir -p $out; echo ${"${data}"} > $out/ref";
+        app = mk "app" "mkdir -p $out/bin; echo ${"${lib}"} > $out/bin/app";
+        info = builtins.derivation {
+          name = "closure-info"; system = builtins.currentSystem; builder = "/bin/sh";
+          exportReferencesGraph = [ "graph" app ];
+          PATH = "/usr/bin:/bin";
+          args = [ "-c" "while read p; do case $p in /nix/store/*) echo $p;; esac; done < graph | sort -u > $out" ];
+        };
+    in [ app info ]`);
+  return { app: app!, closure: await closureOf(app!), info: info! };
+}
+
+if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
+  t.test("nix layer: one realisation, rooted, mounted above, unrooted on remove", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const sn = await open(root);
+    t.teardown(() => sn.close());
+    const { closure, info } = await buildClosure(nonce());
+    t.equal(closure.length, 3, "the fixture closure has three paths");
+
+    const unpack = await sn.prepare("extract-1", "", { labels: pathLabels(closure) });
+    t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
+    t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
+    const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
+    t.same(roots, ["root", "root-2", "root-3", "store-paths"], "one root link per store path, and the list");
+    t.same(readFileSync(path.join(root, "gcroots/1/store-paths"), "utf8").trim().split("\n"), closure);
+    t.equal(await tryDelete([closure[0]!]), false, "a rooted path cannot be deleted");
+    t.same(await unrootedBelow(closure, path.join(root, "gcroots")), [], "every path is kept alive by a root of the snapshot");
+
+    await sn.commit("layer-1", "extract-1");
+    const mounts = await sn.prepare("container", "layer-1");
+    t.same(binds(mounts), closure, "a container above gets one bind per store path, sorted");
+    for (const m of mounts.slice(1)) {
+      t.same([m.type, m.source, m.options], ["bind", m.target, ["ro", "rbind"]], `${m.target}: read-only rbind of itself`);
+    }
+    t.same(await sn.mounts("container"), mounts, "Mounts repeats what Prepare returned");
+    const view = await sn.view("view", "layer-1");
+    t.same(binds(view), closure, "views get the store mounts too (read-only rootfs)");
+
+    // Mount it for real: the store paths appear inside the rootfs.
+    const mp = path.join(tmp.path, "mnt");
+    mkdirSync(mp);
+    const rootfs = (await sn.mounts("container"))[0]!;
+    await withMounts([rootfs], mp, async () => {
+      // The differ would have written the mountpoints (an empty file for a
+      // store path that is a file); do it by hand here.
+      for (const p of closure) {
+        const target = path.join(mp, p);
+        if (statSync(p).isFile()) {
+          mkdirSync(path.dirname(target), { recursive: true });
+          writeFileSync(target, "");
+        } else mkdirSync(target, { recursive: true });
+      }
+    });
+    await withMounts(await sn.mounts("container"), mp, async () => {
+      const inside = readdirSync(path.join(mp, "nix/store")).map((b) => `/nix/store/${b}`).sort();
+      t.same(inside, closure, "inside the rootfs /nix/store holds exactly the closure");
+      const data = closure.find((p) => p.endsWith("-data"))!;
+      t.equal(readFileSync(path.join(mp, data), "utf8"), "data\n", "a store path that is a file is mounted as a file");
+      const app = closure.find((p) => p.endsWith("-app"))!;
+      t.match(readFileSync(path.join(mp, app, "bin/app"), "utf8"), /-lib/);
+      const err = await run("sh", ["-c", `touch ${path.join(mp, app, "x")}`]).then(() => "", (e: { stderr: string }) => e.stderr);
+      t.match(err, /Read-only file system/, "store mounts are read-only");
+    });
+
+    await sn.remove("view");
+    await sn.remove("container");
+    await sn.remove("layer-1");
+    t.notOk(existsSync(path.join(root, "gcroots", "1")), "roots removed with the snapshot");
+    t.same(await unrootedBelow(closure, root), closure, "no root of ours keeps any path alive now");
+    // The fixture's closure file refers to the closure: it goes too.
+    t.ok(await tryDelete([info, ...closure]), "and the garbage collector may delete the closure (nix-store --delete succeeds)");
+  });
+
+  t.test("nix-closure label: one path realised and rooted; basename labels", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const sn = await open(root);
+    t.teardown(() => sn.close());
+    const { closure, info } = await buildClosure(nonce());
+    await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
+    t.same(readdirSync(path.join(root, "gcroots/1")).sort(), ["root", "store-paths"], "only the closure file is rooted");
+    t.same(readFileSync(path.join(root, "gcroots/1/store-paths"), "utf8").trim().split("\n"), closure, "the mounted paths are the listed closure");
+    t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "rooting the closure file keeps every listed path alive");
+    await sn.commit("c", "x");
+    t.same(binds(await sn.prepare("ctr", "c")), closure);
+
+    const labels: Record<string, string> = { [LAYER]: "true" };
+    closure.forEach((p, i) => (labels[`${BASENAME_LABEL}${i}`] = path.basename(p)));
+    await sn.prepare("old-style", "", { labels });
+    await sn.commit("old", "old-style");
+    t.same(binds(await sn.prepare("ctr-old", "old")), closure, "the oldest label form (basenames) works too");
+  });
+
+  t.test("store paths of every parent, deduplicated, on an ordinary base layer", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const sn = await open(path.join(tmp.path, "root"));
+    t.teardown(() => sn.close());
+    const a = await buildClosure(nonce());
+    const b = await buildClosure(nonce());
+    await sn.prepare("base-a", "");
+    await sn.commit("base", "base-a");
+    await sn.prepare("l1-a", "base", { labels: pathLabels(a.closure) });
+    await sn.commit("l1", "l1-a");
+    await sn.prepare("l2-a", "l1", { labels: pathLabels([...b.closure, a.closure[0]!]) });
+    await sn.commit("l2", "l2-a");
+    const m = await sn.prepare("top", "l2");
+    t.equal(m[0]!.type, "overlay", "rootfs first");
+    t.same(binds(m), [...new Set([...a.closure, ...b.closure])].sort(), "union of both layers' paths, each once, sorted");
+  });
+
+  t.test("hostile labels are refused with InvalidArgument and leave no trace", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const sn = await open(root);
+    t.teardown(() => sn.close());
+    const n = nonce();
+    const [escape] = await nixBuild(`${prelude(n)} mk "escape" "ln -s /etc $out"`);
+    const good = (await buildClosure(n)).closure[0]!;
+    const hash = "0".repeat(32);
+    const many: Record<string, string> = { [LAYER]: "true" };
+    for (let i = 0; i < 100_000; i++) many[`${PATH_LABEL}${i}`] = good;
+    const cases: [string, Record<string, string>, RegExp][] = [
+      ["/etc", pathLabels(["/etc"]), /not in \/nix\/store/],
+      ["dot-dot", pathLabels(["/nix/store/../etc"]), /invalid store path/],
+      ["dot-dot after a hash", pathLabels([`/nix/store/${hash}-x/../../etc`]), /top-level store path/],
+      ["newline in the name", pathLabels([`/nix/store/${hash}-evil\nname`]), /characters Nix does not allow/],
+      ["short hash", pathLabels(["/nix/store/abc-short"]), /32-character hash/],
+      ["hash outside base32", pathLabels([`/nix/store/${"e".repeat(32)}-x`]), /Nix base32/],
+      ["basename with a slash", { [LAYER]: "true", [`${BASENAME_LABEL}0`]: `${hash}-x/y` }, /must not contain/],
+      ["symlink out of the store", pathLabels([escape!]), /symlink that leads out/],
+      ["closure that is not a store path", { [LAYER]: "true", [CLOSURE_LABEL]: "/etc/passwd" }, /nix-closure.*not in \/nix\/store/],
+      ["100,000 labels", many, /more than 16384 store path labels/],
+      ["nix-layer not true", { [LAYER]: "yes" }, /must be "true"/],
+    ];
+    for (const [what, labels, re] of cases) {
+      const err = await sn.prepare(`bad-${what}`, "", { labels }).then(() => undefined, (e: Error) => e);
+      t.ok(err instanceof InvalidArgumentError, `${what}: InvalidArgument`);
+      t.match(err?.message ?? "", re, `${what}: names the problem`);
+    }
+    const missing = `/nix/store/${"1".repeat(32)}-not-there`;
+    const err = await sn.prepare("missing", "", { labels: pathLabels([missing]) }).then(() => undefined, (e: Error) => e);
+    t.ok(err instanceof FailedPreconditionError, "a path Nix cannot realise: FailedPrecondition");
+    t.match(err?.message ?? "", /nix-store --realise .* failed: .*not-there/, "carrying Nix's message");
+    const left: string[] = [];
+    await sn.walk((i) => {
+      left.push(i.name);
+    });
+    t.same(left, [], "no snapshot was created");
+    t.same(readdirSync(path.join(root, "snapshots")), [], "no snapshot directory left");
+    t.same(readdirSync(path.join(root, "gcroots")), [], "no GC root left");
+  });
+
+  t.test("external builder is called as <builder> <outLink> <storePath>", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const calls = path.join(tmp.path, "calls");
+    const builder = path.join(tmp.path, "builder.sh");
+    writeFileSync(builder, `#!/bin/sh\necho "$1 $2" >> ${calls}\nexec nix-store --realise "$2" --add-root "$1"\n`);
+    chmodSync(builder, 0o755);
+    const root = path.join(tmp.path, "root");
+    const sn = await open(root, new ExternalBuilderRealiser(builder));
+    t.teardown(() => sn.close());
+    const { closure } = await buildClosure(nonce());
+    await sn.prepare("x", "", { labels: pathLabels(closure) });
+    const lines = readFileSync(calls, "utf8").trim().split("\n").sort();
+    t.same(lines, closure.map((p) => `${path.join(root, "gcroots/1", path.basename(p))} ${p}`).sort(), "one call per store path");
+    t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "the builder's roots keep the paths alive");
+
+    writeFileSync(builder, `#!/bin/sh\necho "cannot build $2" >&2\nexit 3\n`);
+    const err = await sn.prepare("y", "", { labels: pathLabels(closure) }).then(() => undefined, (e: Error) => e);
+    t.match(err?.message ?? "", /external builder .* failed for .* \(exit 3\): cannot build/, "a failing builder's message reaches the caller");
+    t.same(readdirSync(path.join(root, "gcroots")), ["1"], "and leaves no roots behind");
+  });
+}

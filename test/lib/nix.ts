@@ -1,0 +1,84 @@
+/**
+ * Real Nix for tests: builds small derivations from expressions (no nixpkgs:
+ * builtins.derivation and /bin/sh) and asks the store about paths.
+ */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+const run = promisify(execFile);
+
+/** nix-build -E EXPR --no-out-link; returns the output paths. */
+export async function nixBuild(expr: string): Promise<string[]> {
+  try {
+    const { stdout } = await run("nix-build", ["-E", expr, "--no-out-link"], { maxBuffer: 64 * 1024 * 1024, timeout: 600_000 });
+    return stdout.split("\n").filter((l) => l !== "");
+  } catch (err) {
+    throw new Error(`nix-build failed: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`);
+  }
+}
+
+/** A Nix expression prelude defining `mk name script` and `nonce`. */
+export function prelude(nonce: string): string {
+  return `let
+    nonce = "${nonce}";
+    mk = name: script: builtins.derivation {
+      inherit name;
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      args = [ "-c" script ];
+      NONCE = nonce;
+      PATH = "/usr/bin:/bin";
+    };
+  in`;
+}
+
+export async function closureOf(p: string): Promise<string[]> {
+  const { stdout } = await run("nix-store", ["-qR", p]);
+  return stdout.split("\n").filter((l) => l !== "").sort();
+}
+
+export async function isValid(p: string): Promise<boolean> {
+  try {
+    await run("nix-store", ["--check-validity", p]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The GC roots that keep a path alive, directly or through a path that
+ * refers to it (nix-store --query --roots); much cheaper than asking for
+ * every dead path of a large store.
+ */
+export async function rootsOf(p: string): Promise<string[]> {
+  const { stdout } = await run("nix-store", ["--query", "--roots", p], { maxBuffer: 16 * 1024 * 1024 });
+  return stdout
+    .split("\n")
+    .filter((l) => l.includes(" -> "))
+    .map((l) => l.split(" -> ")[0]!)
+    .sort();
+}
+
+/** Paths of the list that no root below dir keeps alive. */
+export async function unrootedBelow(paths: string[], dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const p of paths) {
+    if (!(await rootsOf(p)).some((r) => r.startsWith(dir + "/"))) out.push(p);
+  }
+  return out;
+}
+
+/** Deletes paths if nothing keeps them alive; resolves false when Nix refuses. */
+export async function tryDelete(paths: string[]): Promise<boolean> {
+  try {
+    await run("nix-store", ["--delete", ...paths]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function nonce(): string {
+  return `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
