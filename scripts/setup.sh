@@ -20,7 +20,7 @@ have_containerd17() {
   [ "$(printf '%s\n1.7.0\n' "$v" | sort -V | head -n1)" = "1.7.0" ]
 }
 
-APT_PKGS=(runc nix-bin busybox-static patchelf skopeo docker-registry apache2-utils
+APT_PKGS=(runc nix-bin busybox-static patchelf gcc libc6-dev redis-server skopeo docker-registry apache2-utils
           redis-tools iproute2 util-linux ca-certificates curl)
 
 missing=()
