@@ -9,7 +9,7 @@
  *   containerd.io/snapshot/nix/store.<N>: <hash>-<name>   (the oldest images)
  */
 import { InvalidArgumentError } from "../errors.js";
-import { parseStorePath, parseStorePathBaseName, type StorePath } from "./store-path.js";
+import { parseStoreFile, parseStorePath, parseStorePathBaseName, type StoreFile, type StorePath } from "./store-path.js";
 
 export const NIX_LAYER_LABEL = "containerd.io/snapshot/nix-layer";
 export const NIX_CLOSURE_LABEL = "containerd.io/snapshot/nix-closure";
@@ -24,8 +24,8 @@ export const NIX_STORE_BASENAME_LABEL_PREFIX = "containerd.io/snapshot/nix/store
 export const MAX_STORE_PATH_LABELS = 16_384;
 
 export interface NixLayer {
-  /** The closure file's store path, when the image names one. */
-  closure?: StorePath;
+  /** The closure file (a store path, or a file inside one), when the image names one. */
+  closure?: StoreFile;
   /** Store paths named one per label, deduplicated and sorted. */
   paths: StorePath[];
 }
@@ -58,7 +58,13 @@ export function nixLayerFromLabels(labels: Record<string, string>, storeDir?: st
   }
   const layer: NixLayer = { paths: [...paths].sort() };
   const closure = labels[NIX_CLOSURE_LABEL];
-  if (closure !== undefined) layer.closure = labelValue(NIX_CLOSURE_LABEL, () => parseStorePath(closure, storeDir));
+  if (closure !== undefined) {
+    try {
+      layer.closure = parseStoreFile(closure, storeDir);
+    } catch (err) {
+      throw new InvalidArgumentError(`label ${NIX_CLOSURE_LABEL}: ${(err as Error).message}`);
+    }
+  }
   return layer;
 }
 

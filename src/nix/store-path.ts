@@ -60,6 +60,38 @@ export function parseStorePathBaseName(value: string, storeDir = DEFAULT_STORE_D
   return `${storeDir}/${value}` as StorePath;
 }
 
+/** A file inside a store path, such as closureInfo's <out>/store-paths. */
+export interface StoreFile {
+  storePath: StorePath;
+  /** The absolute path of the file (equal to storePath when it is the path itself). */
+  file: string;
+}
+
+/** Parses a store path or a path inside one; the part inside must not climb out. */
+export function parseStoreFile(value: string, storeDir = DEFAULT_STORE_DIR): StoreFile {
+  const prefix = storeDir + "/";
+  if (!value.startsWith(prefix)) throw new InvalidArgumentError(`invalid store path ${describe(value)}: not in ${storeDir}`);
+  const rest = value.slice(prefix.length);
+  const slash = rest.indexOf("/");
+  const storePath = parseStorePath(slash < 0 ? value : prefix + rest.slice(0, slash), storeDir);
+  if (slash < 0) return { storePath, file: storePath };
+  const sub = rest.slice(slash + 1).split("/");
+  if (sub.some((c) => c === "" || c === "." || c === ".." || c.includes("\0"))) {
+    throw new InvalidArgumentError(`invalid path ${describe(value)}: the part inside the store path must be a plain relative path`);
+  }
+  return { storePath, file: path.join(storePath, ...sub) };
+}
+
+/** Resolves a store file's symlinks and refuses one that leaves its store path. */
+export async function checkFileWithin(f: StoreFile): Promise<string> {
+  const real = await realpath(f.file);
+  const base = await realpath(f.storePath);
+  if (real !== base && !real.startsWith(base + path.sep)) {
+    throw new InvalidArgumentError(`${f.file} leads out of ${f.storePath} (to ${real})`);
+  }
+  return real;
+}
+
 /**
  * A store path that is a symlink is bind-mounted through its target; refuse
  * one whose target leaves the store (`ln -s /etc $out` would otherwise put

@@ -21,7 +21,7 @@ import type { Logger } from "../log.js";
 import { nullLogger } from "../log.js";
 import { isNixLayer, nixLayerFromLabels, parseClosureFile, type NixLayer } from "../nix/labels.js";
 import type { Realiser } from "../nix/realise.js";
-import { checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
+import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
 import { removeDir, type OverlaySnapshotter } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 
@@ -194,12 +194,16 @@ export class NixSnapshotter implements Snapshotter {
     if (layer.closure) {
       // Fast path: one path realised and rooted keeps the whole closure
       // alive (its references are the closure); the file lists it.
-      await this.realiser.realise([layer.closure], rootDir);
-      await checkNoEscape(layer.closure, this.storeDir);
-      const text = await readFile(layer.closure, "utf8").catch((err: Error) => {
-        throw new InvalidArgumentError(`nix-closure ${layer.closure} is not a readable closure file: ${err.message}`);
-      });
-      const listed = parseClosureFile(text, layer.closure, this.storeDir);
+      const closure = layer.closure;
+      await this.realiser.realise([closure.storePath], rootDir);
+      await checkNoEscape(closure.storePath, this.storeDir);
+      const text = await checkFileWithin(closure)
+        .then((real) => readFile(real, "utf8"))
+        .catch((err: Error) => {
+          if (err instanceof InvalidArgumentError) throw err;
+          throw new InvalidArgumentError(`nix-closure ${closure.file} is not a readable closure file: ${err.message}`);
+        });
+      const listed = parseClosureFile(text, closure.file, this.storeDir);
       const inClosure = new Set(listed);
       const extra = layer.paths.filter((p) => !inClosure.has(p));
       if (extra.length > 0) await this.realiser.realise(extra, path.join(rootDir, "extra"));

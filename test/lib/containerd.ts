@@ -8,6 +8,7 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { closeSync, createWriteStream, mkdirSync, openSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
+import { goArch } from "../../src/image/oci.js";
 import { waitForSocket } from "./daemon.js";
 
 const run = promisify(execFile);
@@ -55,6 +56,16 @@ disabled_plugins = [${disabled.join(", ")}]
 [proxy_plugins.nix]
   type = "snapshot"
   address = "${o.snapshotterAddress}"
+
+# The Transfer service (ctr images import --local=false, ctr pull without
+# --local) unpacks only for the platform/snapshotter pairs listed here; it is
+# also the ctr path that hands layer annotations to the snapshotter.
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/${goArch()}"
+  snapshotter = "nix"
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/${goArch()}"
+  snapshotter = "overlayfs"
 `;
   if (o.cri) {
     cfg += `

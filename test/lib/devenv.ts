@@ -4,12 +4,18 @@
  * in the background and stopped by PID.
  *
  *   start-nix-snapshotter | start-containerd | stop | status
+ *   run-hello | run-redis | demo
  */
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
 import { startContainerd } from "./containerd.js";
 import { REPO, startDaemonProcess } from "./daemon.js";
+import { buildFixtures, helloImage, redisImage, waitForPong, type Fixtures } from "./images.js";
 import { unmountBelow } from "./tmp.js";
+
+const run = promisify(execFile);
 
 export const DEV = path.join(REPO, "build/dev");
 export const PATHS = {
@@ -19,7 +25,12 @@ export const PATHS = {
   containerdDir: path.join(DEV, "containerd"),
   containerdAddress: path.join(DEV, "containerd/containerd.sock"),
   pids: path.join(DEV, "pids"),
+  fixtures: path.join(DEV, "fixtures"),
+  images: path.join(DEV, "images"),
 };
+
+/** The port the demo's redis listens on (host network). */
+export const REDIS_PORT = Number(process.env["REDIS_PORT"] ?? 6379);
 
 function pidFile(name: string): string {
   return path.join(PATHS.pids, `${name}.pid`);
@@ -81,13 +92,100 @@ async function stopOne(name: string): Promise<void> {
 }
 
 export async function stopAll(): Promise<void> {
+  if (runningPid("containerd")) await stopRedis().catch(() => {});
   // containerd first: it holds the snapshotter's mounts and connections.
   await stopOne("containerd");
   await stopOne("nix-snapshotter");
   unmountBelow(DEV);
 }
 
+async function ctr(args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run("ctr", ["--address", PATHS.containerdAddress, "--namespace", "default", ...args], { timeout: 300_000 });
+    return stdout;
+  } catch (err) {
+    throw new Error(`ctr ${args.join(" ")}: ${((err as { stderr?: string }).stderr || (err as Error).message).trim()}`);
+  }
+}
+
+/** Starts what is not running (snapshotter first: containerd's CRI wants it up). */
+async function ensureRunning(): Promise<string[]> {
+  const started: string[] = [];
+  if (!runningPid("nix-snapshotter")) {
+    await startSnapshotter();
+    started.push("nix-snapshotter");
+  }
+  if (!runningPid("containerd")) {
+    await startContainerdDev();
+    started.push("containerd");
+  }
+  return started;
+}
+
+async function fixtures(): Promise<Fixtures> {
+  console.log("building the hello and redis closures with Nix (test/fixtures)...");
+  return buildFixtures(PATHS.fixtures);
+}
+
+/** Imports through the Transfer service, the ctr path that hands layer annotations to the snapshotter. */
+async function importImage(archive: string): Promise<void> {
+  await ctr(["images", "import", "--local=false", "--snapshotter", "nix", archive]);
+}
+
+async function runHello(f?: Fixtures): Promise<void> {
+  await ensureRunning();
+  const img = await helloImage(PATHS.images, f ?? (await fixtures()));
+  await importImage(img.archive);
+  console.log(`$ ctr run --rm --snapshotter nix ${img.ref} hello`);
+  const out = await ctr(["run", "--rm", "--snapshotter", "nix", img.ref, `hello-${process.pid}`]);
+  process.stdout.write(out);
+  if (out.trim() !== "Hello, world!") throw new Error(`hello printed ${JSON.stringify(out)}, not "Hello, world!"`);
+}
+
+async function runRedis(f?: Fixtures): Promise<void> {
+  await ensureRunning();
+  const img = await redisImage(PATHS.images, f ?? (await fixtures()), REDIS_PORT);
+  await importImage(img.archive);
+  await stopRedis();
+  console.log(`$ ctr run -d --net-host --snapshotter nix ${img.ref} redis`);
+  await ctr(["run", "-d", "--net-host", "--snapshotter", "nix", img.ref, "redis"]);
+  const pong = await waitForPong(REDIS_PORT);
+  console.log(`$ redis-cli -p ${REDIS_PORT} ping\n${pong}`);
+}
+
+async function stopRedis(): Promise<void> {
+  const containers = await ctr(["containers", "ls", "-q"]);
+  if (!containers.split("\n").includes("redis")) return;
+  await ctr(["tasks", "kill", "-s", "SIGKILL", "redis"]).catch(() => {});
+  for (let i = 0; i < 50; i++) {
+    const tasks = await ctr(["tasks", "ls"]);
+    if (!/^redis\s+\d+\s+RUNNING/m.test(tasks)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await ctr(["tasks", "rm", "-f", "redis"]).catch(() => {});
+  await ctr(["containers", "rm", "redis"]);
+}
+
+/** The quick start: start, build, run hello and redis, stop what was started. */
+async function demo(): Promise<void> {
+  const started = await ensureRunning();
+  try {
+    const f = await fixtures();
+    await runHello(f);
+    await runRedis(f);
+    await stopRedis();
+    console.log("demo finished: both containers ran their packages straight from the Nix store");
+  } finally {
+    if (started.includes("containerd")) await stopOne("containerd");
+    if (started.includes("nix-snapshotter")) await stopOne("nix-snapshotter");
+    if (started.length > 0) unmountBelow(DEV);
+  }
+}
+
 const commands: Record<string, () => Promise<void>> = {
+  "run-hello": () => runHello(),
+  "run-redis": () => runRedis(),
+  demo,
   "start-nix-snapshotter": startSnapshotter,
   "start-containerd": startContainerdDev,
   stop: stopAll,
