@@ -111,8 +111,9 @@ export class NixSnapshotter implements Snapshotter {
     await this.inner.remove(key);
     // Roots go after the snapshot, never before: a live snapshot always
     // has its paths rooted. A crash in between leaves roots Cleanup removes.
+    const known = this.storePaths.get(id);
     this.storePaths.delete(id);
-    await removeDir(path.join(this.gcrootsDir, id), this.log);
+    if (known !== null) await removeDir(path.join(this.gcrootsDir, id), this.log);
   }
 
   async cleanup(): Promise<void> {
@@ -133,9 +134,12 @@ export class NixSnapshotter implements Snapshotter {
   private async create(kind: "active" | "view", key: string, parent: string, opts: CreateOptions): Promise<Mount[]> {
     const labels = opts.labels ?? {};
     const layer = nixLayerFromLabels(labels, this.storeDir);
-    const rootfs = await this.createInner(kind, key, parent, opts);
-    const rec = await this.inner.record(key);
-    if (!layer) return [...rootfs, ...(await this.chainMounts(rec.parentIds))];
+    const rec = await this.inner.create(kind, key, parent, opts);
+    const rootfs = this.inner.mountsOf(rec);
+    if (!layer) {
+      this.storePaths.set(rec.id, null);
+      return [...rootfs, ...(await this.chainMounts(rec.parentIds))];
+    }
 
     // Nix registers each root by the path of its link (an indirect root),
     // so the links are made in their final place, gcroots/<id>: the
@@ -182,10 +186,6 @@ export class NixSnapshotter implements Snapshotter {
       this.log.warn("removing nix layer whose preparation was interrupted", { key });
       await this.remove(key);
     }
-  }
-
-  private createInner(kind: "active" | "view", key: string, parent: string, opts: CreateOptions): Promise<Mount[]> {
-    return kind === "active" ? this.inner.prepare(key, parent, opts) : this.inner.view(key, parent, opts);
   }
 
   /** Realises and roots a layer's paths under rootDir; returns the paths to mount. */
