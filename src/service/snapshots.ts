@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../log.js";
 import type { Info, Kind, Mount, Snapshotter } from "../snapshotter/snapshotter.js";
 import { snapshotsService } from "./proto.js";
+import { encodeMountsResponse } from "./mount-codec.js";
 import { toStatus } from "./status.js";
 
 export interface WireTimestamp {
@@ -75,6 +76,15 @@ export function fromWireMount(w: WireMount): Mount {
   return m;
 }
 
+/** The three responses that carry mounts are encoded by mount-codec.ts: pass the bytes through. */
+function withPreEncodedMounts(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...def };
+  for (const m of ["Prepare", "View", "Mounts"]) {
+    out[m] = { ...def[m]!, responseSerialize: (v: unknown) => v as Buffer };
+  }
+  return out;
+}
+
 /** containerd's snapshots service sends List results in batches of this size. */
 const LIST_BATCH = 100;
 
@@ -112,15 +122,13 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
   interface CreateReq { key: string; parent: string; labels: Record<string, string> }
 
   const handlers: grpc.UntypedServiceImplementation = {
-    Prepare: unary<CreateReq, unknown>("prepare", (r) => r.key, async (r) => ({
-      mounts: (await sn.prepare(r.key, r.parent, { labels: r.labels })).map(toWireMount),
-    })),
-    View: unary<CreateReq, unknown>("view", (r) => r.key, async (r) => ({
-      mounts: (await sn.view(r.key, r.parent, { labels: r.labels })).map(toWireMount),
-    })),
-    Mounts: unary<KeyReq, unknown>("mounts", (r) => r.key, async (r) => ({
-      mounts: (await sn.mounts(r.key)).map(toWireMount),
-    })),
+    Prepare: unary<CreateReq, Buffer>("prepare", (r) => r.key, async (r) =>
+      encodeMountsResponse(await sn.prepare(r.key, r.parent, { labels: r.labels })),
+    ),
+    View: unary<CreateReq, Buffer>("view", (r) => r.key, async (r) =>
+      encodeMountsResponse(await sn.view(r.key, r.parent, { labels: r.labels })),
+    ),
+    Mounts: unary<KeyReq, Buffer>("mounts", (r) => r.key, async (r) => encodeMountsResponse(await sn.mounts(r.key))),
     Commit: unary<{ name: string; key: string; labels: Record<string, string> }, unknown>("commit", (r) => r.key, async (r) => {
       await sn.commit(r.name, r.key, { labels: r.labels });
       return {};
@@ -169,5 +177,5 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
       );
     },
   };
-  server.addService(snapshotsService().service, handlers);
+  server.addService(withPreEncodedMounts(snapshotsService().service), handlers);
 }

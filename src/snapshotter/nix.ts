@@ -47,6 +47,8 @@ export class NixSnapshotter implements Snapshotter {
   private readonly log: Logger;
   /** Snapshot id -> its layer's store paths (null: not a nix layer). Immutable per id. */
   private readonly storePaths = new Map<string, readonly StorePath[] | null>();
+  /** Nearest parent id -> the bind mounts of its whole chain (see chainMounts). */
+  private readonly bindMountsByParent = new Map<string, Mount[]>();
   /** Ids of nix layers being realised: their roots are still being made. */
   private readonly preparing = new Set<string>();
 
@@ -113,6 +115,7 @@ export class NixSnapshotter implements Snapshotter {
     // has its paths rooted. A crash in between leaves roots Cleanup removes.
     const known = this.storePaths.get(id);
     this.storePaths.delete(id);
+    this.bindMountsByParent.delete(id);
     if (known !== null) await removeDir(path.join(this.gcrootsDir, id), this.log);
   }
 
@@ -123,6 +126,7 @@ export class NixSnapshotter implements Snapshotter {
       if (ids.has(name)) continue;
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
+      this.bindMountsByParent.delete(name);
       await removeDir(path.join(this.gcrootsDir, name), this.log);
     }
   }
@@ -251,13 +255,24 @@ export class NixSnapshotter implements Snapshotter {
     return paths;
   }
 
-  /** Bind mounts for every store path of the given snapshots, deduplicated and sorted. */
+  /**
+   * Bind mounts for every store path of a chain of parents, deduplicated and
+   * sorted. The chain above a committed parent never changes, so the list
+   * is computed once per nearest parent and the same Mount objects are
+   * handed out again (the service adapter caches their encoding).
+   */
   private async chainMounts(ids: readonly string[]): Promise<Mount[]> {
+    if (ids.length === 0) return [];
+    const nearest = ids[0]!;
+    const cached = this.bindMountsByParent.get(nearest);
+    if (cached) return cached;
     const all = new Set<StorePath>();
     for (const id of ids) {
       const paths = await this.layerPaths(id);
       if (paths) for (const p of paths) all.add(p);
     }
-    return [...all].sort().map(storeBindMount);
+    const mounts = [...all].sort().map(storeBindMount);
+    this.bindMountsByParent.set(nearest, mounts);
+    return mounts;
   }
 }
