@@ -27,6 +27,7 @@ import type { Info } from "../../src/snapshotter/snapshotter.js";
 import { startContainerd, type Containerd } from "../lib/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
+import { listAll, tail } from "../lib/util.js";
 import { tempDir } from "../lib/tmp.js";
 
 const IMAGE = "docker.io/library/nstest:1";
@@ -156,22 +157,6 @@ function md5(data: string | Buffer): string {
 
 // --- helpers ------------------------------------------------------------------
 
-function tail(file: string, lines = 40, skip?: RegExp): string {
-  try {
-    const all = readFileSync(file, "utf8").trimEnd().split("\n");
-    return (skip ? all.filter((l) => !skip.test(l)) : all).slice(-lines).join("\n");
-  } catch (err) {
-    return `(cannot read ${file}: ${(err as Error).message})`;
-  }
-}
-
-async function listAll(sn: SnapshotsClient): Promise<Info[]> {
-  const out: Info[] = [];
-  await sn.walk((i) => {
-    out.push(i);
-  });
-  return out;
-}
 
 /** Retries `fn` until it succeeds or `ms` have passed; rethrows the last error. */
 async function retryFor<T>(ms: number, fn: () => Promise<T>): Promise<{ value: T; attempts: number }> {

@@ -41,6 +41,7 @@ import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, buildNixImageArchive, helloImage, redisImage, waitForPong, type Fixtures } from "../lib/images.js";
 import { closureOf, isValid, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { requireOrSkip } from "../lib/require.js";
+import { listAll, tail } from "../lib/util.js";
 import { tempDir, type TempDir } from "../lib/tmp.js";
 
 const run = promisify(execFile);
@@ -60,22 +61,6 @@ const CLOSURE_LABEL = "containerd.io/snapshot/nix-closure";
 
 // --- helpers ------------------------------------------------------------------
 
-function tail(file: string, lines = 40, skip?: RegExp): string {
-  try {
-    const all = readFileSync(file, "utf8").trimEnd().split("\n");
-    return (skip ? all.filter((l) => !skip.test(l)) : all).slice(-lines).join("\n");
-  } catch (err) {
-    return `(cannot read ${file}: ${(err as Error).message})`;
-  }
-}
-
-async function listAll(sn: SnapshotsClient): Promise<Info[]> {
-  const out: Info[] = [];
-  await sn.walk((i) => {
-    out.push(i);
-  });
-  return out;
-}
 
 function entries(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir).sort() : [];

@@ -9,9 +9,10 @@ import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile, ls
 import path from "node:path";
 import type { Test } from "tap";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../../src/errors.js";
-import type { Info, Snapshotter } from "../../src/snapshotter/snapshotter.js";
+import type { Snapshotter } from "../../src/snapshotter/snapshotter.js";
 import { mountAll, unmount, withMounts } from "./mount.js";
 import { tempDir } from "./tmp.js";
+import { listAll } from "./util.js";
 
 export interface Harness {
   sn: Snapshotter;
@@ -77,13 +78,6 @@ async function rejectsWith(t: Test, p: Promise<unknown>, cls: Function, what: st
   }
 }
 
-async function collect(sn: Snapshotter, filters?: string[]): Promise<Info[]> {
-  const out: Info[] = [];
-  await sn.walk((i) => {
-    out.push(i);
-  }, filters);
-  return out;
-}
 
 export const CASES: Record<string, Case> = {
   async Basic(t, h) {
@@ -114,7 +108,7 @@ export const CASES: Record<string, Case> = {
     );
     await h.sn.remove("next");
     await h.sn.remove("base");
-    t.same(await collect(h.sn), [], "nothing left");
+    t.same(await listAll(h.sn), [], "nothing left");
   },
 
   async StatActive(t, h) {
@@ -158,7 +152,7 @@ export const CASES: Record<string, Case> = {
     await rejectsWith(t, h.sn.commit("base", "k"), AlreadyExistsError, "commit onto an existing name");
     await rejectsWith(t, h.sn.mounts("base"), FailedPreconditionError, "mounts of a committed snapshot");
     await rejectsWith(t, h.sn.mounts("nope"), NotFoundError, "mounts of a missing key");
-    const left = (await collect(h.sn)).map((i) => `${i.name}:${i.kind}`).sort();
+    const left = (await listAll(h.sn)).map((i) => `${i.name}:${i.kind}`).sort();
     t.same(left, ["base:committed", "k:active", "v:view"], "failed calls created nothing");
   },
 
@@ -193,7 +187,7 @@ export const CASES: Record<string, Case> = {
     await h.sn.remove("view");
     await h.sn.remove("base");
     await rejectsWith(t, h.sn.remove("base"), NotFoundError, "remove twice");
-    t.same(await collect(h.sn), []);
+    t.same(await listAll(h.sn), []);
   },
 
   async Walk(t, h) {
@@ -201,7 +195,7 @@ export const CASES: Record<string, Case> = {
     await h.sn.prepare("a1", "c1", { labels: { "containerd.io/gc.root": "x", tier: "one" } });
     await h.sn.view("v1", "c1", { labels: { tier: "two" } });
     await h.sn.prepare("a2", "", { labels: { tier: "one" } });
-    const names = async (filters?: string[]) => (await collect(h.sn, filters)).map((i) => i.name).sort();
+    const names = async (filters?: string[]) => (await listAll(h.sn, filters)).map((i) => i.name).sort();
     t.same(await names(), ["a1", "a2", "c1", "v1"], "no filter: all");
     t.same(await names(["kind==committed"]), ["c1"]);
     t.same(await names(["kind==active"]), ["a1", "a2"]);
@@ -296,7 +290,7 @@ export const CASES: Record<string, Case> = {
     await h.sn.remove("top");
     await h.sn.remove("mid");
     await h.sn.remove("base");
-    t.same(await collect(h.sn), [], "removed top-down");
+    t.same(await listAll(h.sn), [], "removed top-down");
   },
 
   async DeletedFilesInChildSnapshot(t, h) {
