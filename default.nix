@@ -1,0 +1,64 @@
+# nix-snapshotter without flakes.
+#
+#   nix-build -A nix-snapshotter            # the package (bins: nix-snapshotter, nix2container)
+#   nix-build -A images.hello               # an example image archive
+#   nix-build -A tests.snapshotter          # a NixOS VM test
+#   nix-build --arg pkgs 'import <nixpkgs> { }' -A nix-snapshotter
+#
+# NixOS: imports = [ /path/to/nix-snapshotter/modules/nixos ];
+# Home Manager: imports = [ /path/to/nix-snapshotter/modules/home ];
+# (the modules build the package from this checkout unless pkgs has a
+# nix-snapshotter, e.g. with nixpkgs.overlays = [ (import /path/to/nix-snapshotter/pkgs/overlay.nix) ]).
+#
+# Without `pkgs`, nixpkgs is the revision pinned in flake.lock.
+{ pkgs ? null
+, system ? builtins.currentSystem
+}:
+let
+  locked = (builtins.fromJSON (builtins.readFile ./flake.lock)).nodes.nixpkgs.locked;
+  pinnedNixpkgs = fetchTarball {
+    url = "https://github.com/${locked.owner}/${locked.repo}/archive/${locked.rev}.tar.gz";
+    sha256 = locked.narHash;
+  };
+
+  overlay = import ./pkgs/overlay.nix;
+  basePkgs = if pkgs != null then pkgs else import pinnedNixpkgs { inherit system; };
+  pkgs' = basePkgs.extend overlay;
+  k8s = pkgs'.callPackage ./pkgs/k8s-resources.nix { };
+in
+{
+  inherit overlay;
+  inherit (pkgs') nix-snapshotter;
+
+  images = import ./pkgs/examples.nix pkgs';
+
+  k8sResources = { inherit (k8s) redisPod redisService; };
+
+  nixosModules = {
+    default = ./modules/nixos;
+    nix-snapshotter = ./modules/nixos/nix-snapshotter.nix;
+    nix-snapshotter-rootless = ./modules/nixos/nix-snapshotter-rootless.nix;
+    containerd = ./modules/nixos/containerd.nix;
+    containerd-rootless = ./modules/nixos/containerd-rootless.nix;
+    preload-containerd = ./modules/nixos/preload-containerd.nix;
+    preload-containerd-rootless = ./modules/nixos/preload-containerd-rootless.nix;
+    k3s = ./modules/nixos/k3s.nix;
+    k3s-rootless = ./modules/nixos/k3s-rootless.nix;
+  };
+
+  homeModules = {
+    default = ./modules/home;
+    nix-snapshotter-rootless = ./modules/home/nix-snapshotter-rootless.nix;
+    containerd-rootless = ./modules/home/containerd-rootless.nix;
+    preload-containerd-rootless = ./modules/home/preload-containerd-rootless.nix;
+    k3s-rootless = ./modules/home/k3s-rootless.nix;
+  };
+
+  tests = builtins.mapAttrs (_: pkgs'.testers.runNixOSTest) {
+    snapshotter = ./modules/nixos/tests/snapshotter.nix;
+    push-n-pull = ./modules/nixos/tests/push-n-pull.nix;
+    kubernetes = ./modules/nixos/tests/kubernetes.nix;
+    k3s = ./modules/nixos/tests/k3s.nix;
+    k3s-rootless = ./modules/nixos/tests/k3s-rootless.nix;
+  };
+}

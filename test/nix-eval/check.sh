@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Checks of the Nix files that run without nixpkgs:
+#
+#   test/nix-eval/check.sh [parse|images|modules|all]   (default: all)
+#
+#   parse    every .nix file of the repository parses (nix-instantiate --parse)
+#   images   pkgs/buildImage.nix builds the fixture images of images.nix for
+#            real (mini-pkgs.nix, the compiled nix2container in build/), and a
+#            rebuild (nix-build --check) gives identical archives
+#   modules  with NIXPKGS_LIB (a checkout of nixpkgs' lib: the directory
+#            holding lib/), evaluates every NixOS and Home Manager module
+#            with enable = true against stubbed options and packages
+#            (eval-modules.nix), the package expression (eval-package.nix)
+#            flake.nix's outputs and default.nix with a stand-in nixpkgs
+#            (eval-flake.nix), and the NixOS tests' node configurations and
+#            scripts (eval-tests.nix); without it, prints a SKIP line
+#
+# Prints "ok: ...", "FAIL: ..." or "SKIP: ..." lines; exits 1 on a failure.
+# Needs nix-instantiate and nix-build (sandbox = false for images: the
+# builders use host tools, like test/fixtures).
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd -P)
+repo=$(cd "$here/../.." && pwd -P)
+what=${1:-all}
+failed=0
+
+fail() { echo "FAIL: $*"; failed=1; }
+
+check_parse() {
+  local n=0 f out
+  while IFS= read -r -d '' f; do
+    n=$((n + 1))
+    if ! out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
+      fail "parse ${f#"$repo"/}: $out"
+    fi
+  done < <(find "$repo" \( -name node_modules -o -name build -o -name .git -o -name .tap \) -prune -o -name '*.nix' -type f -print0)
+  [ "$n" -gt 0 ] || fail "parse: no .nix files found under $repo"
+  echo "ok: $n .nix files parse"
+}
+
+check_images() {
+  local bin="$repo/build/src/cli/nix2container.js" salt outs named log out
+  if [ ! -f "$bin" ]; then
+    fail "images: $bin is missing (npm run build first)"
+    return
+  fi
+  salt="check-$$-$(date +%s)"
+  log=$(mktemp)
+  if ! outs=$(nix-build "$here/images.nix" --argstr nix2containerBin "$bin" --argstr salt "$salt" \
+                -A named -A byNix -A registryScript -A containerdScript --no-out-link 2>"$log"); then
+    fail "images: nix-build failed: $(tail -n 20 "$log")"
+    rm -f "$log"
+    return
+  fi
+  rm -f "$log"
+  named=$(echo "$outs" | grep -- '-nix-image-Hello.tar$' || true)
+  if [ -z "$named" ] || ! tar -tf "$named" | grep -qx index.json; then
+    fail "images: no archive with index.json among: $outs"
+    return
+  fi
+  echo "ok: buildImage built $(echo "$outs" | wc -l) outputs"
+  if ! out=$(nix-build "$here/images.nix" --argstr nix2containerBin "$bin" --argstr salt "$salt" \
+               -A named -A byNix --check --no-out-link 2>&1); then
+    fail "images: a rebuild differs (nix-build --check): $out"
+    return
+  fi
+  echo "ok: rebuilt archives are identical"
+}
+
+check_modules() {
+  if [ -z "${NIXPKGS_LIB:-}" ]; then
+    echo "SKIP: module evaluation needs NIXPKGS_LIB (a checkout of nixpkgs' lib)"
+    return
+  fi
+  if [ ! -f "$NIXPKGS_LIB/lib/default.nix" ]; then
+    fail "modules: NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix"
+    return
+  fi
+  local f out n
+  export NIXPKGS_LIB
+  for f in eval-modules.nix eval-package.nix eval-flake.nix eval-tests.nix; do
+    if ! out=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" \
+                 --arg nixpkgsLib "$NIXPKGS_LIB" -A failures 2>&1); then
+      fail "$f: evaluation failed: $out"
+      continue
+    fi
+    out=$(echo "$out" | grep -v '^trace: ')
+    if [ "$out" != "[]" ]; then
+      fail "$f: $out"
+      continue
+    fi
+    n=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" --arg nixpkgsLib "$NIXPKGS_LIB" -A checks 2>/dev/null | grep -v '^trace: ')
+    echo "ok: $f: $n checks hold"
+  done
+}
+
+case "$what" in
+  parse) check_parse ;;
+  images) check_images ;;
+  modules) check_modules ;;
+  all) check_parse; check_images; check_modules ;;
+  *) echo "usage: $0 [parse|images|modules|all]" >&2; exit 2 ;;
+esac
+exit "$failed"
