@@ -1,15 +1,30 @@
 #!/usr/bin/env node
 /**
  * nix2container: builds nix images (OCI archives whose packages come from
- * the Nix store). Parses flags and calls src/image; nothing else.
+ * the Nix store), pushes them to registries and loads them into containerd.
+ * Parses flags and calls src/image; nothing else.
  */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE } from "../containerd/grpc.js";
 import { SnapshotterError } from "../errors.js";
 import { buildNixImage } from "../image/build.js";
+import { DEFAULT_SNAPSHOTTER, loadImage } from "../image/load.js";
+import { formatBytes, PushError, pushImage, streamProgress } from "../image/push.js";
 import { version } from "./version.js";
 
 class UsageError extends Error {}
+
+/**
+ * 2: usage or input the caller must fix; for push, 3: authentication
+ * failed, 4: registry unreachable, 5: the registry refused the manifest or
+ * answered unexpectedly; 1: anything else (containerd errors included).
+ */
+function exitCode(err: unknown): number {
+  if (err instanceof PushError) return { auth: 3, unreachable: 4, refused: 5, protocol: 5 }[err.kind];
+  if (err instanceof UsageError || (err instanceof SnapshotterError && err.kind === "invalid-argument")) return 2;
+  return 1;
+}
 
 async function main(): Promise<number> {
   await yargs(hideBin(process.argv))
@@ -36,6 +51,55 @@ async function main(): Promise<number> {
         process.stdout.write(`${img.ref ?? ""} ${img.manifestDigest}\n`);
       },
     )
+    .command(
+      "push <archive>",
+      "push an image archive to a registry (OCI distribution API)",
+      (y) =>
+        y
+          .positional("archive", { type: "string", demandOption: true, description: "the image archive (from build)" })
+          .option("ref", { type: "string", demandOption: true, description: "where to push: REGISTRY/NAME[:TAG], e.g. 127.0.0.1:5000/hello:latest" })
+          .option("plain-http", { type: "boolean", default: false, description: "speak http:// instead of https://" }),
+      async (argv) => {
+        const progress = streamProgress(process.stdout);
+        let r;
+        try {
+          r = await pushImage({ archive: argv.archive!, ref: argv.ref, plainHttp: argv["plain-http"], progress });
+        } finally {
+          progress.done();
+        }
+        const n = r.uploaded.length + r.skipped.length;
+        process.stdout.write(`pushed ${r.ref} ${r.digest}: uploaded ${r.uploaded.length} of ${n} blobs (${formatBytes(r.bytesUploaded)}), ${r.skipped.length} already present\n`);
+      },
+    )
+    .command(
+      "load <archive>",
+      "import an image archive into containerd and unpack it, handing layer annotations to the snapshotter",
+      (y) =>
+        y
+          .positional("archive", { type: "string", demandOption: true, description: "the image archive (from build)" })
+          .option("address", { type: "string", description: `containerd's socket [env CONTAINERD_ADDRESS, default ${DEFAULT_CONTAINERD_ADDRESS}]` })
+          .option("namespace", { type: "string", description: `containerd namespace [env CONTAINERD_NAMESPACE, default ${DEFAULT_NAMESPACE}]` })
+          .option("snapshotter", { type: "string", default: DEFAULT_SNAPSHOTTER, description: "snapshotter to unpack into" })
+          .option("ref", { type: "string", description: "image name to store it under (default: the archive's reference)" }),
+      async (argv) => {
+        // Ctrl-C stops between steps; load then deletes its lease like on any failure.
+        const abort = new AbortController();
+        const onSignal = () => abort.abort(new Error("interrupted"));
+        process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
+        const r = await loadImage({
+          archive: argv.archive!,
+          address: argv.address ?? (process.env["CONTAINERD_ADDRESS"] || DEFAULT_CONTAINERD_ADDRESS),
+          namespace: argv.namespace ?? (process.env["CONTAINERD_NAMESPACE"] || DEFAULT_NAMESPACE),
+          snapshotter: argv.snapshotter,
+          ...(argv.ref !== undefined ? { name: argv.ref } : {}),
+          log: (line) => process.stdout.write(`${line}\n`),
+          signal: abort.signal,
+        });
+        process.stdout.write(
+          `loaded ${r.name} ${r.digest}: ${r.blobsWritten} blobs written, ${r.blobsPresent} present; ${r.layersUnpacked} layers unpacked, ${r.layersPresent} present\n`,
+        );
+      },
+    )
     .demandCommand(1, "a command is required (see --help)")
     .version(version())
     .help()
@@ -54,7 +118,6 @@ main().then(
   (err: unknown) => {
     const msg = err instanceof Error ? err.message : String(err);
     process.stderr.write(`nix2container: ${msg}\n`);
-    // 2: usage or input the caller must fix; 1: anything else.
-    process.exit(err instanceof UsageError || err instanceof SnapshotterError ? 2 : 1);
+    process.exit(exitCode(err));
   },
 );

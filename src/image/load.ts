@@ -1,0 +1,156 @@
+/**
+ * nix2container load: imports an image archive into containerd through its
+ * gRPC APIs and unpacks it into a snapshotter, handing every layer's
+ * `containerd.io/snapshot/*` annotations to the snapshotter as labels.
+ * (`ctr images import` without --local=false unpacks without them, so a nix
+ * layer would get no store paths.)
+ *
+ * Steps, all under one lease so that nothing is collected half-way and a
+ * failure leaves nothing behind once the lease is deleted:
+ *   1. write every blob into the content store: layers, config, then the
+ *      manifest labelled `containerd.io/gc.ref.content.config` and
+ *      `containerd.io/gc.ref.content.l.<i>` (containerd's images.ChildGCLabels),
+ *      so the GC follows manifest -> config and layers;
+ *   2. unpack the layers (src/containerd/unpack.ts);
+ *   3. label the config `containerd.io/gc.ref.snapshot.<snapshotter>: <top
+ *      chain ID>`, as containerd's unpacker does, so the GC follows config ->
+ *      snapshots (each snapshot holds its parents);
+ *   4. create or update the image record; only now is the image visible;
+ *   5. delete the lease: the image record is the GC root from here on.
+ * On any failure the lease is deleted synchronously instead, so the GC
+ * removes the blobs and snapshots no other image uses before we return; no
+ * image record was written. The lease also expires after an hour, in case
+ * this process is killed before it can delete it.
+ */
+import { ContentClient } from "../containerd/content.js";
+import { DiffClient } from "../containerd/diff.js";
+import type { ContainerdContext } from "../containerd/grpc.js";
+import { ImagesClient } from "../containerd/images.js";
+import { LeasesClient } from "../containerd/leases.js";
+import { unpackLayers } from "../containerd/unpack.js";
+import { InvalidArgumentError, UnavailableError } from "../errors.js";
+import { readImageArchive } from "./archive.js";
+import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
+
+export const DEFAULT_SNAPSHOTTER = "nix";
+const LEASE_EXPIRY_MS = 60 * 60 * 1000;
+
+export interface LoadOptions {
+  archive: string;
+  /** containerd's socket. */
+  address: string;
+  namespace: string;
+  snapshotter: string;
+  /** The image record's name; default the reference the archive carries. */
+  name?: string;
+  /** One line per step, for humans. */
+  log?: (line: string) => void;
+  /** Aborting stops between steps; the lease is deleted as on any failure. */
+  signal?: AbortSignal;
+}
+
+export interface LoadResult {
+  name: string;
+  digest: string;
+  /** Blobs written into the content store, and those it already had. */
+  blobsWritten: number;
+  blobsPresent: number;
+  /** Layers unpacked now, and those whose snapshot already existed. */
+  layersUnpacked: number;
+  layersPresent: number;
+  image: "created" | "updated";
+}
+
+export async function loadImage(o: LoadOptions): Promise<LoadResult> {
+  const log = o.log ?? (() => undefined);
+  const img = await readImageArchive(o.archive);
+  const name = o.name ?? img.ref;
+  if (name === undefined) throw new InvalidArgumentError(`${o.archive} names no image; give it a name (--ref)`);
+  const diffIds = img.config.rootfs?.diff_ids ?? [];
+  if (diffIds.length !== img.manifest.layers.length) {
+    throw new InvalidArgumentError(`${o.archive}: the config lists ${diffIds.length} diff IDs for ${img.manifest.layers.length} layers`);
+  }
+
+  const ctx: ContainerdContext = { address: o.address, namespace: o.namespace };
+  const leases = new LeasesClient(ctx);
+  const content = new ContentClient(ctx);
+  const diff = new DiffClient(ctx);
+  const images = new ImagesClient(ctx);
+  const clients = [leases, content, diff, images];
+  try {
+    let lease;
+    try {
+      lease = await leases.create("nix2container-load", LEASE_EXPIRY_MS);
+    } catch (err) {
+      if (err instanceof UnavailableError) throw new UnavailableError(`cannot reach containerd at ${o.address}: ${err.message}`);
+      throw err;
+    }
+    ctx.lease = lease.id;
+    try {
+      const result = await loadUnderLease();
+      await leases.delete(lease.id);
+      return result;
+    } catch (err) {
+      // Synchronously: the GC has taken what only this load held when we return.
+      await leases.delete(lease.id, true).catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    for (const c of clients) c.close();
+  }
+
+  async function loadUnderLease(): Promise<LoadResult> {
+    const m = img.manifest;
+    let blobsWritten = 0;
+    let blobsPresent = 0;
+    const put = async (digest: string, what: string, labels: Record<string, string> = {}) => {
+      o.signal?.throwIfAborted();
+      const data = img.blobs.get(digest)!;
+      // A ref unique to this load: concurrent loads never contend for an ingest lock.
+      if (await content.write(`${ctx.lease}-${digest}`, digest, data, labels)) {
+        blobsWritten++;
+        log(`wrote ${what} ${digest} (${data.length} bytes)`);
+      } else {
+        // Already stored: make sure it carries our labels and our lease.
+        await content.setLabels(digest, labels);
+        await leases.addResource(ctx.lease!, "content", digest);
+        blobsPresent++;
+        log(`have ${what} ${digest}`);
+      }
+    };
+    for (const [i, l] of m.layers.entries()) await put(l.digest, `layer ${i + 1}/${m.layers.length}`);
+    await put(m.config.digest, "config");
+    const children: Record<string, string> = { "containerd.io/gc.ref.content.config": m.config.digest };
+    m.layers.forEach((l, i) => (children[`containerd.io/gc.ref.content.l.${i}`] = l.digest));
+    await put(img.manifestDigest, "manifest", children);
+
+    const unpacked = await unpackLayers(
+      m.layers.map((l, i) => ({ desc: { mediaType: l.mediaType, digest: l.digest, size: l.size, annotations: l.annotations ?? {} }, diffId: diffIds[i]! })),
+      {
+        ctx,
+        snapshotter: o.snapshotter,
+        content,
+        diff,
+        leases,
+        onLayer: (i, chainId, state) => log(`${state === "unpacked" ? "unpacked" : "have"} layer ${i + 1}/${m.layers.length} as ${chainId} in ${o.snapshotter}`),
+        ...(o.signal ? { signal: o.signal } : {}),
+      },
+    );
+    const top = unpacked.chainIds[unpacked.chainIds.length - 1];
+    if (top !== undefined) await content.setLabels(m.config.digest, { [`containerd.io/gc.ref.snapshot.${o.snapshotter}`]: top });
+
+    o.signal?.throwIfAborted();
+    const target = { mediaType: m.mediaType ?? MEDIA_TYPE_OCI_MANIFEST, digest: img.manifestDigest, size: img.blobs.get(img.manifestDigest)!.length };
+    const image = await images.put(name!, target);
+    log(`${image} image ${name}`);
+    return {
+      name: name!,
+      digest: img.manifestDigest,
+      blobsWritten,
+      blobsPresent,
+      layersUnpacked: unpacked.unpacked,
+      layersPresent: unpacked.present,
+      image,
+    };
+  }
+}

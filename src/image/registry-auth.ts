@@ -1,0 +1,153 @@
+/**
+ * Registry references and credentials for `nix2container push`.
+ *
+ * References follow the docker/distribution grammar loosely: the first
+ * path component is a registry host when it contains "." or ":" or is
+ * "localhost" (127.0.0.1:5000/hello:latest, ghcr.io/o/x:1); otherwise the
+ * registry is Docker Hub, whose API lives at registry-1.docker.io and whose
+ * one-component names live under library/. Tag defaults to "latest".
+ *
+ * Credentials come from the docker CLI's config file,
+ * $DOCKER_CONFIG/config.json or ~/.docker/config.json: `auths` entries keyed
+ * by host (also "https://host", "http://host/..." and, for Docker Hub,
+ * "https://index.docker.io/v1/"), each with `auth` = base64("user:pass") or
+ * `username` and `password`. Credential helpers (credsStore, credHelpers)
+ * are not run.
+ *
+ * Authentication follows the distribution spec's token flow
+ * (docs/spec/auth/token.md): a request answered 401 carries
+ * `WWW-Authenticate: Basic realm=...` (send the credentials as basic auth)
+ * or `Bearer realm=...,service=...,scope=...` (GET realm?service=&scope=
+ * with the credentials as basic auth, if any, and send the returned
+ * `token`/`access_token` as a bearer token).
+ */
+import { readFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { InvalidArgumentError } from "../errors.js";
+
+export const DOCKER_HUB = "docker.io";
+export const DOCKER_HUB_API_HOST = "registry-1.docker.io";
+const DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/";
+
+export interface RegistryRef {
+  /** host[:port] as written (docker.io for Docker Hub). */
+  registry: string;
+  /** The host[:port] the API is served on. */
+  apiHost: string;
+  /** Repository path, e.g. "hello" or "library/redis". */
+  repository: string;
+  /** Tag or digest the manifest is put under. */
+  reference: string;
+}
+
+const REPO_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+const TAG = /^[\w][\w.-]{0,127}$/;
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+
+export function parseRegistryRef(ref: string): RegistryRef {
+  const bad = (why: string) => new InvalidArgumentError(`invalid image reference ${JSON.stringify(ref)}: ${why}`);
+  if (ref.startsWith("nix:0/")) throw bad("a nix:0 reference names an archive in the Nix store, not a registry; pass REGISTRY/NAME:TAG");
+  let rest = ref;
+  let reference = "latest";
+  const at = rest.indexOf("@");
+  if (at !== -1) {
+    reference = rest.slice(at + 1);
+    rest = rest.slice(0, at);
+    if (!DIGEST.test(reference)) throw bad("the digest must be sha256:<64 hex digits>");
+  } else {
+    const colon = rest.lastIndexOf(":");
+    if (colon > rest.lastIndexOf("/")) {
+      reference = rest.slice(colon + 1);
+      rest = rest.slice(0, colon);
+      if (!TAG.test(reference)) throw bad(`invalid tag ${JSON.stringify(reference)}`);
+    }
+  }
+  const parts = rest.split("/");
+  let registry = DOCKER_HUB;
+  if (parts.length > 1 && (parts[0]!.includes(".") || parts[0]!.includes(":") || parts[0] === "localhost")) {
+    registry = parts.shift()!;
+  }
+  if (registry === DOCKER_HUB && parts.length === 1) parts.unshift("library");
+  if (parts.length === 0 || !parts.every((p) => REPO_COMPONENT.test(p))) {
+    throw bad("the repository must be lowercase components separated by /");
+  }
+  return { registry, apiHost: registry === DOCKER_HUB ? DOCKER_HUB_API_HOST : registry, repository: parts.join("/"), reference };
+}
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+/** The docker config directory: $DOCKER_CONFIG, else ~/.docker. */
+export function dockerConfigDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env["DOCKER_CONFIG"] || path.join(env["HOME"] || os.homedir(), ".docker");
+}
+
+function hostOfAuthKey(key: string): string {
+  // "https://host/v1/", "http://host", "host"
+  return key.replace(/^[a-z]+:\/\//i, "").split("/")[0]!;
+}
+
+/**
+ * The credentials config.json holds for `registry`, or undefined. A file
+ * that exists but cannot be parsed is an error naming it.
+ */
+export async function loadCredentials(registry: string, env: NodeJS.ProcessEnv = process.env): Promise<Credentials | undefined> {
+  const file = path.join(dockerConfigDir(env), "config.json");
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new InvalidArgumentError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let auths: Record<string, { auth?: string; username?: string; password?: string }>;
+  try {
+    auths = (JSON.parse(text) as { auths?: typeof auths }).auths ?? {};
+  } catch (err) {
+    throw new InvalidArgumentError(`${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  const wanted = registry === DOCKER_HUB ? [DOCKER_HUB_AUTH_KEY, DOCKER_HUB, DOCKER_HUB_API_HOST, "index.docker.io"] : [registry];
+  const key =
+    wanted.find((w) => auths[w] !== undefined) ??
+    Object.keys(auths).find((k) => wanted.includes(hostOfAuthKey(k)));
+  if (key === undefined) return undefined;
+  const entry = auths[key]!;
+  if (entry.auth) {
+    const decoded = Buffer.from(entry.auth, "base64").toString("utf8");
+    const colon = decoded.indexOf(":");
+    if (colon === -1) throw new InvalidArgumentError(`${file}: auths["${key}"].auth is not base64 of user:password`);
+    return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+  }
+  if (entry.username !== undefined && entry.password !== undefined) return { username: entry.username, password: entry.password };
+  return undefined;
+}
+
+export function basicAuth(c: Credentials): string {
+  return `Basic ${Buffer.from(`${c.username}:${c.password}`).toString("base64")}`;
+}
+
+export interface Challenge {
+  scheme: string;
+  params: Record<string, string>;
+}
+
+/**
+ * Parses a WWW-Authenticate header (RFC 7235: scheme, then comma-separated
+ * key=value or key="quoted value" pairs). Takes the first challenge.
+ */
+export function parseChallenge(header: string): Challenge | undefined {
+  const m = /^\s*([A-Za-z][\w-]*)\s*(.*)$/s.exec(header);
+  if (!m) return undefined;
+  const params: Record<string, string> = {};
+  const re = /\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*(?:,|$)/gy;
+  const rest = m[2]!;
+  re.lastIndex = 0;
+  let p: RegExpExecArray | null;
+  while (re.lastIndex < rest.length && (p = re.exec(rest)) !== null) {
+    params[p[1]!.toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, "$1") : p[3]!;
+  }
+  return { scheme: m[1]!.toLowerCase(), params };
+}

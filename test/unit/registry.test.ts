@@ -1,0 +1,101 @@
+/**
+ * The pure parts of push and load: references, docker config credentials,
+ * WWW-Authenticate challenges, registry error bodies, chain IDs and the
+ * labels a layer's snapshot gets. (The protocols themselves are exercised
+ * against a real registry and containerd in test/integration/push-load.)
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import t from "tap";
+import { chainIds, snapshotLabels } from "../../src/containerd/unpack.js";
+import { sha256Digest } from "../../src/image/oci.js";
+import { registryErrorText } from "../../src/image/push.js";
+import { dockerConfigDir, loadCredentials, parseChallenge, parseRegistryRef } from "../../src/image/registry-auth.js";
+import { tempDir } from "../lib/tmp.js";
+
+t.test("parseRegistryRef", async (t) => {
+  const cases: [string, string, string, string, string][] = [
+    // ref, registry, apiHost, repository, reference
+    ["127.0.0.1:5000/hello:latest", "127.0.0.1:5000", "127.0.0.1:5000", "hello", "latest"],
+    ["127.0.0.1:5000/hello", "127.0.0.1:5000", "127.0.0.1:5000", "hello", "latest"],
+    ["localhost/a/b:v1.2-x", "localhost", "localhost", "a/b", "v1.2-x"],
+    ["ghcr.io/me/hello:1", "ghcr.io", "ghcr.io", "me/hello", "1"],
+    ["hello", "docker.io", "registry-1.docker.io", "library/hello", "latest"],
+    ["me/hello:2", "docker.io", "registry-1.docker.io", "me/hello", "2"],
+    ["docker.io/redis", "docker.io", "registry-1.docker.io", "library/redis", "latest"],
+    [`r.example:443/x@sha256:${"a".repeat(64)}`, "r.example:443", "r.example:443", "x", `sha256:${"a".repeat(64)}`],
+  ];
+  for (const [ref, registry, apiHost, repository, reference] of cases) {
+    t.same(parseRegistryRef(ref), { registry, apiHost, repository, reference }, ref);
+  }
+  for (const bad of ["Hello", "127.0.0.1:5000/He llo", "x:bad tag", "x@sha256:123", "nix:0/nix/store/abc-x.tar:latest", "a//b"]) {
+    t.throws(() => parseRegistryRef(bad), { name: "InvalidArgumentError" }, `refuses ${JSON.stringify(bad)}`);
+  }
+});
+
+t.test("docker config credentials", async (t) => {
+  const tmp = tempDir("nix2container-auth-");
+  t.teardown(() => tmp.cleanup());
+  const dir = path.join(tmp.path, "docker");
+  mkdirSync(dir);
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  writeFileSync(
+    path.join(dir, "config.json"),
+    JSON.stringify({
+      auths: {
+        "127.0.0.1:5000": { auth: b64("alice:pa:ss") },
+        "https://ghcr.io": { auth: b64("bob:token") },
+        "https://index.docker.io/v1/": { auth: b64("carol:hub") },
+        "plain.example": { username: "dave", password: "pw" },
+      },
+      credsStore: "desktop",
+    }),
+  );
+  const env = { DOCKER_CONFIG: dir };
+  t.equal(dockerConfigDir(env), dir, "DOCKER_CONFIG names the directory");
+  t.equal(dockerConfigDir({ HOME: "/home/x" }), "/home/x/.docker", "else ~/.docker");
+  t.same(await loadCredentials("127.0.0.1:5000", env), { username: "alice", password: "pa:ss" }, "auth: user:password, split at the first colon");
+  t.same(await loadCredentials("ghcr.io", env), { username: "bob", password: "token" }, "keys with a scheme match their host");
+  t.same(await loadCredentials("docker.io", env), { username: "carol", password: "hub" }, "Docker Hub's legacy key");
+  t.same(await loadCredentials("plain.example", env), { username: "dave", password: "pw" }, "username and password fields");
+  t.equal(await loadCredentials("other.example", env), undefined, "none for another registry");
+  t.equal(await loadCredentials("127.0.0.1:5000", { DOCKER_CONFIG: path.join(tmp.path, "missing") }), undefined, "no file: no credentials");
+  writeFileSync(path.join(dir, "config.json"), "{not json");
+  await t.rejects(loadCredentials("x", env), /config\.json is not valid JSON/, "a broken file is an error naming it");
+});
+
+t.test("WWW-Authenticate challenges", async (t) => {
+  t.same(parseChallenge('Basic realm="registry"'), { scheme: "basic", params: { realm: "registry" } });
+  t.same(
+    parseChallenge('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'),
+    { scheme: "bearer", params: { realm: "https://auth.example/token", service: "registry.example", scope: "repository:a/b:pull,push" } },
+    "quoted values with commas",
+  );
+  t.same(parseChallenge("Bearer realm=https://x/t, service=svc"), { scheme: "bearer", params: { realm: "https://x/t", service: "svc" } }, "unquoted values");
+  t.same(parseChallenge('Bearer realm="a\\"b"'), { scheme: "bearer", params: { realm: 'a"b' } }, "escaped quotes");
+});
+
+t.test("registry error bodies", async (t) => {
+  const body = (v: unknown) => Buffer.from(JSON.stringify(v));
+  t.equal(registryErrorText(body({ errors: [{ code: "MANIFEST_INVALID", message: "manifest invalid", detail: {} }] })), "MANIFEST_INVALID: manifest invalid");
+  t.equal(
+    registryErrorText(body({ errors: [{ code: "MANIFEST_BLOB_UNKNOWN", message: "blob unknown to registry", detail: "sha256:x" }, { code: "DENIED", message: "no" }] })),
+    "MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:x); DENIED: no",
+  );
+  t.equal(registryErrorText(Buffer.from("<html>")), undefined, "not JSON");
+  t.equal(registryErrorText(body({ errors: [] })), undefined, "no errors");
+});
+
+t.test("chain IDs and snapshot labels", async (t) => {
+  const d = [sha256Digest("a"), sha256Digest("b"), sha256Digest("c")];
+  const c = chainIds(d);
+  t.equal(c[0], d[0], "the first chain ID is the first diff ID");
+  t.equal(c[1], sha256Digest(`${d[0]} ${d[1]}`), "then sha256 of '<parent> <diff ID>'");
+  t.equal(c[2], sha256Digest(`${c[1]} ${d[2]}`));
+  t.same(chainIds([]), []);
+  t.same(
+    snapshotLabels({ "containerd.io/snapshot/nix-layer": "true", "org.opencontainers.image.title": "x", "containerd.io/snapshotter": "no" }, "sha256:c"),
+    { "containerd.io/snapshot/nix-layer": "true", "containerd.io/snapshot.ref": "sha256:c" },
+    "only containerd.io/snapshot/ annotations pass, plus the chain ID",
+  );
+});
