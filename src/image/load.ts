@@ -28,7 +28,7 @@ import type { ContainerdContext } from "../containerd/grpc.js";
 import { ImagesClient } from "../containerd/images.js";
 import { LeasesClient } from "../containerd/leases.js";
 import { unpackLayers } from "../containerd/unpack.js";
-import { InvalidArgumentError, UnavailableError } from "../errors.js";
+import { InvalidArgumentError, SnapshotterError, UnavailableError } from "../errors.js";
 import { readImageArchive } from "./archive.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 
@@ -63,7 +63,10 @@ export interface LoadResult {
 
 export async function loadImage(o: LoadOptions): Promise<LoadResult> {
   const log = o.log ?? (() => undefined);
-  const img = await readImageArchive(o.archive);
+  const img = await readImageArchive(o.archive).catch((err: Error) => {
+    if (err instanceof SnapshotterError) throw err;
+    throw new InvalidArgumentError(`${o.archive} is not a readable image archive: ${err.message}`);
+  });
   const name = o.name ?? img.ref;
   if (name === undefined) throw new InvalidArgumentError(`${o.archive} names no image; give it a name (--ref)`);
   const diffIds = img.config.rootfs?.diff_ids ?? [];
