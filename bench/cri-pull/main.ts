@@ -1,0 +1,359 @@
+/**
+ * CRI PullImage latency, the kubelet path: a `nix:0` reference whose
+ * closure is already in the Nix store, pulled through nix-snapshotter's
+ * ImageService, against the layered equivalent (the same redis closure as an
+ * ordinary image with one layer per store path) pulled by containerd's CRI
+ * from a local registry (Debian's docker-registry, plain HTTP, basic auth).
+ *
+ * Both images are unpacked with the `nix` snapshotter (CRI's snapshotter).
+ * Between repetitions the image is removed (CRI RemoveImage) and
+ * containerd's garbage collection is forced, so every pull is cold for
+ * containerd: no content, no snapshots. The Nix closure stays in the store.
+ *
+ *   node build/bench/cri-pull/main.js [--quick] [--json FILE]
+ */
+import { execFile } from "node:child_process";
+import { lstatSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { parseArgs, promisify } from "node:util";
+import { writeImageArchive } from "../../src/image/archive.js";
+import { buildLayer, fileEntriesFromDir, type LayerEntry } from "../../src/image/layer.js";
+import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
+import { criClients, type CriClients } from "../../test/lib/cri.js";
+import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
+import { buildFixtures, NIX2CONTAINER_BIN, redisArgs, redisImage } from "../../test/lib/images.js";
+import { htpasswdFile, startRegistry, type Registry } from "../../test/lib/registry.js";
+import { tempDir } from "../../test/lib/tmp.js";
+import { killStartedProcesses, SyncGc } from "../lib/containerd-run.js";
+import { fmt, markdownTable, msBetween, now, percentile, summarize, type BenchReport, type Summary } from "../lib/stats.js";
+
+const exec = promisify(execFile);
+
+const { values: opts } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    json: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+  strict: true,
+});
+
+if (opts.help) {
+  process.stdout.write(
+    "usage: main.js [--quick] [--json FILE]\n" +
+      "  --quick      fewer repetitions (a smoke run)\n" +
+      "  --json FILE  also write the report as JSON (for bench/run.sh)\n",
+  );
+  process.exit(0);
+}
+
+/** Measured pulls per side (after one unmeasured warm-up pull each). */
+const REPS = opts.quick ? 5 : 30;
+/** The brief's target: nix pulls at least this many times faster (p50). */
+const TARGET_RATIO = 10;
+const PAUSE = "localhost/nix-snapshotter-bench/pause:1";
+const USER = "benchuser";
+const PASSWORD = "bench-pass";
+const NS = "k8s.io";
+
+function progress(msg: string): void {
+  process.stderr.write(`[bench cri-pull] ${msg}\n`);
+}
+
+interface Env {
+  tmp: ReturnType<typeof tempDir>;
+  daemonLog: string;
+  daemon?: DaemonProcess;
+  containerd?: Containerd;
+  registry?: Registry;
+  cri?: CriClients;
+  direct?: CriClients;
+  gc?: SyncGc;
+  storeAdded?: string;
+}
+
+/** The layer entries of one store path, under nix/store/<name>. */
+async function storePathEntries(storePath: string): Promise<LayerEntry[]> {
+  const base = `nix/store/${path.basename(storePath)}`;
+  const out: LayerEntry[] = [
+    { type: "dir", path: "nix", mode: 0o755 },
+    { type: "dir", path: "nix/store", mode: 0o755 },
+  ];
+  const st = lstatSync(storePath);
+  if (st.isSymbolicLink()) return [...out, { type: "symlink", path: base, target: readlinkSync(storePath) }];
+  if (st.isFile()) return [...out, { type: "file", path: base, content: readFileSync(storePath), mode: st.mode & 0o7777 }];
+  out.push({ type: "dir", path: base, mode: st.mode & 0o7777 });
+  for (const e of await fileEntriesFromDir(storePath)) {
+    const p = `${base}/${e.path}`;
+    out.push(e.type === "hardlink" ? { ...e, path: p, target: `${base}/${e.target}` } : { ...e, path: p });
+  }
+  return out;
+}
+
+async function teardown(env: Env): Promise<void> {
+  env.gc?.close();
+  env.cri?.close();
+  env.direct?.close();
+  if (env.containerd) {
+    const c = env.containerd;
+    env.containerd = undefined;
+    await c.stop().catch((e: unknown) => progress(`stopping containerd (pid ${c.pid}): ${String(e)}`));
+  }
+  if (env.daemon) {
+    const d = env.daemon;
+    env.daemon = undefined;
+    const timer = setTimeout(() => d.child.kill("SIGKILL"), 15_000);
+    await d.stop();
+    clearTimeout(timer);
+  }
+  if (env.registry) {
+    const r = env.registry;
+    env.registry = undefined;
+    await r.stop().catch(() => {});
+  }
+  killStartedProcesses();
+  if (env.storeAdded) await exec("nix-store", ["--delete", env.storeAdded]).catch(() => {});
+  env.tmp.cleanup();
+}
+
+interface Side {
+  id: "nix" | "layered";
+  what: string;
+  ref: string;
+  layers: number;
+  bytes: number;
+  samples: number[];
+  /** Wall clock (ms since the epoch) at each measured pull's call. */
+  startedAt: number[];
+}
+
+async function run(env: Env): Promise<{ sides: Side[]; storePaths: number; phases: NixPhases }> {
+  const tmp = env.tmp.path;
+  const snAddress = path.join(tmp, "sn.sock");
+  const ctdDir = path.join(tmp, "containerd");
+  const ctdAddress = path.join(ctdDir, "containerd.sock");
+
+  progress("building the redis fixture closure (cached after the first run)");
+  const f = await buildFixtures(path.join(REPO, "build/test-fixtures"), { MANY_N: "1000" });
+  const closure = readFileSync(path.join(f["redis-closure"], "store-paths"), "utf8").split("\n").filter(Boolean);
+
+  // The nix image: an archive in the Nix store.
+  const built = await redisImage(path.join(tmp, "images"), f, 6399);
+  env.storeAdded = (await exec("nix-store", ["--add", built.archive])).stdout.trim();
+  const nixRef = `nix:0${env.storeAdded}`;
+  const nixBytes = lstatSync(env.storeAdded).size;
+
+  // The layered image: one layer per store path, pushed to a registry.
+  const htpasswd = htpasswdFile(path.join(tmp, "htpasswd"), USER, PASSWORD);
+  env.registry = await startRegistry({ dir: path.join(tmp, "registry"), auth: { htpasswd } });
+  const host = env.registry.host;
+  const layeredRef = `${host}/bench/redis-layered:v1`;
+  progress(`building the layered image (${closure.length} layers, one per store path)`);
+  const layers = [];
+  for (const p of closure) layers.push({ tar: await buildLayer(await storePathEntries(p)), gzipLevel: 1 });
+  const layeredArchive = path.join(tmp, "images/redis-layered.tar");
+  const written = await writeImageArchive(
+    { layers, config: { Entrypoint: [`${f.redis}/bin/redis-server`], Cmd: redisArgs(6399) }, ref: layeredRef },
+    layeredArchive,
+  );
+  const dockerDir = path.join(tmp, "docker");
+  mkdirSync(dockerDir, { recursive: true });
+  writeFileSync(path.join(dockerDir, "config.json"), JSON.stringify({ auths: { [host]: { auth: Buffer.from(`${USER}:${PASSWORD}`).toString("base64") } } }));
+  await exec(process.execPath, [NIX2CONTAINER_BIN, "push", layeredArchive, "--ref", layeredRef, "--plain-http"], { env: { ...process.env, DOCKER_CONFIG: dockerDir } });
+  const layeredBytes = lstatSync(layeredArchive).size;
+  const hostsDir = path.join(ctdDir, "certs.d", host);
+  mkdirSync(hostsDir, { recursive: true });
+  writeFileSync(path.join(hostsDir, "hosts.toml"), `server = "http://${host}"\n\n[host."http://${host}"]\n  capabilities = ["pull", "resolve"]\n`);
+
+  progress("starting nix-snapshotter (image service) and containerd (CRI)");
+  env.daemon = await startDaemonProcess({
+    root: path.join(tmp, "root"),
+    address: snAddress,
+    config: `[image_service]\nenable = true\ncontainerd_address = "${ctdAddress}"\n`,
+    logFile: env.daemonLog,
+  });
+  env.containerd = await startContainerd({ dir: ctdDir, snapshotterAddress: snAddress, cri: { sandboxImage: PAUSE } });
+  env.cri = criClients(snAddress, ctdAddress);
+  env.direct = criClients(ctdAddress, ctdAddress);
+  env.gc = new SyncGc(ctdAddress, NS);
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      await env.direct.runtime.Version({ version: "v1" });
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  const sides: Side[] = [
+    { id: "nix", what: "`nix:0` archive in the Nix store, via nix-snapshotter's ImageService", ref: nixRef, layers: 1, bytes: nixBytes, samples: [], startedAt: [] },
+    { id: "layered", what: "ordinary image, one layer per store path, via containerd's CRI from a local registry", ref: layeredRef, layers: written.layerDigests.length, bytes: layeredBytes, samples: [], startedAt: [] },
+  ];
+  const auth = { username: USER, password: PASSWORD };
+  const pull = (s: Side) => (s.id === "nix" ? env.cri!.image.PullImage({ image: { image: s.ref } }) : env.direct!.image.PullImage({ image: { image: s.ref }, auth }));
+  const remove = async (s: Side) => {
+    await env.cri!.image.RemoveImage({ image: { image: s.ref } });
+    await env.gc!.collect();
+  };
+
+  progress(`${REPS} measured pulls per side (after one warm-up), alternating, cold for containerd each time`);
+  for (let i = -1; i < REPS; i++) {
+    for (const s of sides) {
+      const wall = Date.now();
+      const t0 = now();
+      const res = (await pull(s)) as { imageRef: string };
+      const ms = msBetween(t0, now());
+      if (!/^sha256:[0-9a-f]{64}$/.test(res.imageRef)) throw new Error(`PullImage ${s.ref} answered ${JSON.stringify(res)}`);
+      if (i >= 0) {
+        s.samples.push(ms);
+        s.startedAt.push(wall);
+      }
+      progress(`  ${i < 0 ? "warm-up" : `#${i + 1}`} ${s.id}: ${fmt(ms)} ms`);
+      await remove(s);
+      const st = (await env.direct!.image.ImageStatus({ image: { image: s.id === "nix" ? `${s.ref}:latest` : s.ref } })) as { image: unknown };
+      if (st.image !== null) throw new Error(`${s.ref} still present after RemoveImage`);
+    }
+  }
+  return { sides, storePaths: closure.length, phases: nixPhases(env.daemonLog, path.join(ctdDir, "containerd.log"), sides[0]!) };
+}
+
+/** Where a nix pull's time goes, per measured pull (ms). */
+interface NixPhases {
+  /** From the call to the daemon's "loading nix image archive" line: reference checks, nix-store --realise. */
+  realise: number[];
+  /** From there to containerd's CRI logging the ImageCreate event: the import (content, image record, unpack). */
+  load: number[];
+  /** From the event to PullImage's answer: the daemon waiting until CRI lists the image. */
+  settle: number[];
+}
+
+/**
+ * Reads the phases from the daemon's and containerd's logs (one clock, two
+ * processes, ms resolution); empty when the lines do not line up one per pull.
+ */
+function nixPhases(daemonLog: string, containerdLog: string, nix: Side): NixPhases {
+  const times = (file: string, re: RegExp) =>
+    readFileSync(file, "utf8")
+      .split("\n")
+      .filter((l) => re.test(l))
+      .map((l) => Date.parse(/^time="?([^"\s]+)/.exec(l)?.[1] ?? ""))
+      .slice(1); // the warm-up pull's
+  const loading = times(daemonLog, /msg="loading nix image archive"/);
+  const created = times(containerdLog, /msg="ImageCreate event name:\\"nix:0\//);
+  const n = nix.startedAt.length;
+  if (loading.length !== n || created.length !== n) return { realise: [], load: [], settle: [] };
+  const start = nix.startedAt;
+  const end = start.map((t, i) => t + nix.samples[i]!);
+  return {
+    realise: loading.map((t, i) => t - start[i]!),
+    load: created.map((t, i) => t - loading[i]!),
+    settle: end.map((t, i) => t - created[i]!),
+  };
+}
+
+function report(res: { sides: Side[]; storePaths: number; phases: NixPhases }): BenchReport {
+  const sum = Object.fromEntries(res.sides.map((s) => [s.id, summarize(s.samples, 0)])) as Record<Side["id"], Summary>;
+  const ratio50 = sum.layered.p50Ms / sum.nix.p50Ms;
+  const ratio99 = sum.layered.p99Ms / sum.nix.p99Ms;
+  const verdict = ratio50 >= TARGET_RATIO ? "PASS" : "MISS";
+  const table = markdownTable(
+    ["Image", "Layers", "Archive", "Pulls", "p50 ms", "p99 ms", "max ms"],
+    res.sides.map((s) => [s.what, String(s.layers), `${fmt(s.bytes / 1024 / 1024)} MiB`, String(sum[s.id].count), fmt(sum[s.id].p50Ms), fmt(sum[s.id].p99Ms), fmt(sum[s.id].maxMs)]),
+    ["left", "right", "right", "right", "right", "right", "right"],
+  );
+  const markdown = `${opts.quick ? "**Quick run (--quick): few repetitions; the numbers are noisy.**\n\n" : ""}\
+CRI PullImage of the redis fixture closure (${res.storePaths} store paths), as kubelet calls it. *nix*: \
+\`PullImage nix:0/nix/store/…-redis.tar\` on nix-snapshotter's socket; the archive and the closure are already in the \
+Nix store, so the pull imports the archive into containerd and unpacks one nix layer of mountpoints. *layered*: the \
+same store paths as an ordinary image with one gzip layer per store path, pulled by containerd's CRI from a local \
+docker-registry over plain HTTP with basic auth, unpacked with the same \`nix\` snapshotter. Each side pulls once \
+unmeasured, then ${REPS} times, alternating; after each pull the image is removed (CRI RemoveImage) and containerd's \
+GC is forced, so every pull is cold for containerd.
+
+${table}
+
+Layered / nix: **${fmt(ratio50)}×** at p50, ${fmt(ratio99)}× at p99. Target: nix pulls ≥ ${TARGET_RATIO}× faster (p50): **${verdict}**.
+${
+  res.phases.realise.length
+    ? `
+Where a nix pull's time goes (p50 of each phase, from the daemon's and containerd's logs, ms resolution): \
+${fmt(percentile(res.phases.realise, 50))} ms until the daemon starts loading (reference checks, \`nix-store --realise\` \
+of the archive), ${fmt(percentile(res.phases.load, 50))} ms importing it into containerd (content, unpack of the nix layer, \
+image record) until CRI logs the ImageCreate event, ${fmt(percentile(res.phases.settle, 50))} ms until CRI lists the image \
+and PullImage answers.
+`
+    : ""
+}`;
+  return {
+    name: "cri-pull",
+    title: "CRI PullImage: nix:0 from the Nix store vs a layered image from a registry",
+    markdown,
+    rows: res.sides.map((s) => ({ side: s.id, ref: s.ref, layers: s.layers, bytes: s.bytes, ...sum[s.id], samplesMs: s.samples })),
+    meta: { nixPhasesMs: res.phases, reps: REPS, quick: opts.quick, storePaths: res.storePaths, ratioP50: ratio50, ratioP99: ratio99, target: TARGET_RATIO, verdict },
+  };
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+async function main(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write("bench/cri-pull: must run as root (it starts containerd and nix-snapshotter)\n");
+    return 2;
+  }
+  for (const f of [NIX2CONTAINER_BIN, path.join(REPO, "build/src/cli/nix-snapshotter.js")]) {
+    try {
+      lstatSync(f);
+    } catch {
+      process.stderr.write(`bench/cri-pull: ${f} is missing: build first (npx tsc -p .)\n`);
+      return 2;
+    }
+  }
+  const tmp = tempDir("nix-snapshotter-bench-cri-pull-");
+  const env: Env = { tmp, daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
+  let stopping: Promise<void> | undefined;
+  const stopAll = () => (stopping ??= teardown(env));
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    progress(`${sig}: stopping containerd, nix-snapshotter and the registry`);
+    stopAll().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  process.once("SIGHUP", onSignal);
+
+  const started = now();
+  try {
+    const rep = report(await run(env));
+    rep.meta = { ...rep.meta, seconds: Math.round(msBetween(started, now()) / 1000) };
+    process.stdout.write(`## ${rep.title}\n\n${rep.markdown}`);
+    if (opts.json) writeFileSync(opts.json, JSON.stringify(rep, null, 2) + "\n");
+    progress(`done in ${rep.meta["seconds"]} s`);
+    return 0;
+  } catch (err) {
+    if (interrupted) return 130;
+    process.stderr.write(`bench/cri-pull failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.stderr.write(`--- nix-snapshotter log (tail) ---\n${tail(env.daemonLog)}\n`);
+    if (env.containerd) process.stderr.write(`--- containerd log (tail) ---\n${tail(path.join(env.containerd.dir, "containerd.log"))}\n`);
+    return 1;
+  } finally {
+    await stopAll();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`bench/cri-pull: ${String(err)}\n`);
+    process.exit(1);
+  },
+);
