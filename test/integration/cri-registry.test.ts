@@ -19,16 +19,13 @@
  * hosts directory, so a plain-HTTP registry needs a hosts.toml there.
  */
 import { execFile } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import * as grpc from "@grpc/grpc-js";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { writeImageArchive } from "../../src/image/archive.js";
-import { buildLayer, fileEntriesFromDir } from "../../src/image/layer.js";
 import { startContainerd, type Containerd } from "../lib/containerd.js";
-import { criClients, hostNetworkSandbox, type CriClients } from "../lib/cri.js";
+import { busyboxArchive, criClients, grpcCode, hostNetworkSandbox, PAUSE, PAUSE_ENTRYPOINT, until, type CriClients } from "../lib/cri.js";
 import { startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { NIX2CONTAINER_BIN } from "../lib/images.js";
 import { htpasswdFile, startRegistry, type Registry } from "../lib/registry.js";
@@ -37,50 +34,8 @@ import { tempDir } from "../lib/tmp.js";
 import { tail } from "../lib/util.js";
 
 const run = promisify(execFile);
-const PAUSE = "localhost/nix-snapshotter-test/pause:1";
 const USER = "criuser";
 const PASSWORD = "cri-s3cret";
-
-/** A root with /bin/busybox and /bin/sh. */
-function busyboxRoot(dir: string): string {
-  mkdirSync(path.join(dir, "bin"), { recursive: true });
-  copyFileSync("/bin/busybox", path.join(dir, "bin/busybox"));
-  chmodSync(path.join(dir, "bin/busybox"), 0o755);
-  symlinkSync("busybox", path.join(dir, "bin/sh"));
-  return dir;
-}
-
-/** A one-layer busybox image; `files` (path -> content) make its layer differ from other busybox images'. */
-async function busyboxArchive(dir: string, name: string, entrypoint: string[], ref: string, files: Record<string, string> = {}): Promise<string> {
-  const root = busyboxRoot(path.join(dir, `${name}-root`));
-  for (const [p, content] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
-    writeFileSync(path.join(root, p), content);
-  }
-  const archive = path.join(dir, `${name}.tar`);
-  await writeImageArchive({ layers: [{ tar: await buildLayer(await fileEntriesFromDir(root)) }], config: { Entrypoint: entrypoint }, ref }, archive);
-  return archive;
-}
-
-async function grpcCode(p: Promise<unknown>): Promise<{ code: string; details: string }> {
-  try {
-    await p;
-    return { code: "OK", details: "" };
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    return { code: grpc.status[e.code] ?? String(e.code), details: e.details };
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "docker-registry", "htpasswd"] })) {
   t.test("CRI: an ordinary registry image pulled through our ImageService", async (t) => {
@@ -140,7 +95,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "dock
     await until("containerd's CRI", async () => (await cri!.runtime.Version({ version: "v1" })) as unknown);
     // CRI learns of images from image events, which ctr's local import sends.
     await new Promise((r) => setTimeout(r, 1000));
-    await ctd.ctr(["images", "import", "--snapshotter", "nix", await busyboxArchive(tmp.path, "pause", ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"], PAUSE)], {
+    await ctd.ctr(["images", "import", "--snapshotter", "nix", await busyboxArchive(tmp.path, "pause", PAUSE_ENTRYPOINT, PAUSE)], {
       namespace: "k8s.io",
     });
     await until("the pause image in CRI", async () => {

@@ -5,24 +5,20 @@
  * image is `nix:0/nix/store/...-redis.tar` runs with no registry at all.
  */
 import { execFile } from "node:child_process";
-import { copyFileSync, chmodSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import * as grpc from "@grpc/grpc-js";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { writeImageArchive } from "../../src/image/archive.js";
-import { buildLayer, fileEntriesFromDir } from "../../src/image/layer.js";
 import { startContainerd, type Containerd } from "../lib/containerd.js";
-import { criClients, hostNetworkSandbox, type CriClients } from "../lib/cri.js";
+import { busyboxArchive, criClients, grpcCode, hostNetworkSandbox, PAUSE, PAUSE_ENTRYPOINT, until, type CriClients } from "../lib/cri.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, redisImage, waitForPong } from "../lib/images.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
 const run = promisify(execFile);
-const PAUSE = "localhost/nix-snapshotter-test/pause:1";
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -33,41 +29,6 @@ function freePort(): Promise<number> {
     });
     s.once("error", reject);
   });
-}
-
-/** A pause image from busybox: sleeps until SIGTERM. */
-async function pauseImage(dir: string): Promise<string> {
-  const root = path.join(dir, "pause-root");
-  mkdirSync(path.join(root, "bin"), { recursive: true });
-  copyFileSync("/bin/busybox", path.join(root, "bin/busybox"));
-  chmodSync(path.join(root, "bin/busybox"), 0o755);
-  symlinkSync("busybox", path.join(root, "bin/sh"));
-  const archive = path.join(dir, "pause.tar");
-  await writeImageArchive(
-    { layers: [{ tar: await buildLayer(await fileEntriesFromDir(root)) }], config: { Entrypoint: ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"] }, ref: PAUSE },
-    archive,
-  );
-  return archive;
-}
-
-async function grpcCode(p: Promise<unknown>): Promise<{ code: string; details: string }> {
-  try {
-    await p;
-    return { code: "OK", details: "" };
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    return { code: grpc.status[e.code] ?? String(e.code), details: e.details };
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-store", "redis-cli"] })) {
@@ -102,7 +63,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
     // CRI learns of images from containerd's image events, which ctr's local
     // import sends (the Transfer service does not, in containerd 1.7).
     await new Promise((r) => setTimeout(r, 1000));
-    await ctd.ctr(["images", "import", "--snapshotter", "nix", await pauseImage(tmp.path)], { namespace: "k8s.io" });
+    await ctd.ctr(["images", "import", "--snapshotter", "nix", await busyboxArchive(tmp.path, "pause", PAUSE_ENTRYPOINT, PAUSE)], { namespace: "k8s.io" });
     await until("the pause image in CRI", async () => {
       const res = (await cri!.image.ListImages({})) as { images: { repoTags: string[] }[] };
       return res.images.some((i) => i.repoTags.includes(PAUSE)) ? true : undefined;

@@ -5,6 +5,10 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { chmodSync, copyFileSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { writeImageArchive } from "../../src/image/archive.js";
+import { buildLayer, fileEntriesFromDir } from "../../src/image/layer.js";
 import { grpcTarget } from "../../src/containerd/snapshots.js";
 import { PROTO_DIR } from "../../src/service/proto.js";
 
@@ -69,4 +73,49 @@ export function hostNetworkSandbox(name: string, uid: string, logDir: string): R
     labels: { "io.kubernetes.pod.name": name },
     linux: { securityContext: { namespaceOptions: { network: "NODE", pid: "CONTAINER", ipc: "POD" } } },
   };
+}
+
+/** The sandbox image of the CRI tests, built locally (no registry). */
+export const PAUSE = "localhost/nix-snapshotter-test/pause:1";
+export const PAUSE_ENTRYPOINT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
+
+/**
+ * A one-layer busybox image archive; `files` (path -> content) make its
+ * layer differ from other busybox images' (identical layers share a snapshot).
+ */
+export async function busyboxArchive(dir: string, name: string, entrypoint: string[], ref: string, files: Record<string, string> = {}): Promise<string> {
+  const root = path.join(dir, `${name}-root`);
+  mkdirSync(path.join(root, "bin"), { recursive: true });
+  copyFileSync("/bin/busybox", path.join(root, "bin/busybox"));
+  chmodSync(path.join(root, "bin/busybox"), 0o755);
+  symlinkSync("busybox", path.join(root, "bin/sh"));
+  for (const [p, content] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+    writeFileSync(path.join(root, p), content);
+  }
+  const archive = path.join(dir, `${name}.tar`);
+  await writeImageArchive({ layers: [{ tar: await buildLayer(await fileEntriesFromDir(root)) }], config: { Entrypoint: entrypoint }, ref }, archive);
+  return archive;
+}
+
+/** The gRPC status name a call ends with ("OK" when it succeeds), and its message. */
+export async function grpcCode(p: Promise<unknown>): Promise<{ code: string; details: string }> {
+  try {
+    await p;
+    return { code: "OK", details: "" };
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    return { code: grpc.status[e.code] ?? String(e.code), details: e.details };
+  }
+}
+
+/** Polls fn until it returns something other than undefined. */
+export async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
