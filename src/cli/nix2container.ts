@@ -39,12 +39,14 @@ async function main(): Promise<number> {
           .option("config", { type: "string", demandOption: true, description: "image config JSON (Entrypoint, Cmd, Env, ...)" })
           .option("closure", { type: "string", demandOption: true, description: "file listing the closure's store paths, one per line" })
           .option("copy-to-root", { type: "string", description: "JSON list of store paths linked into /" })
+          .option("from-image", { type: "string", description: "base image archive (OCI layout or docker-archive) whose layers go first" })
           .option("ref", { type: "string", description: "image reference (default nix:0<absolute out>:latest)" }),
       async (argv) => {
         const img = await buildNixImage({
           configFile: argv.config,
           closureFile: argv.closure,
           copyToRootFile: argv["copy-to-root"],
+          fromImageFile: argv["from-image"],
           ref: argv.ref,
           out: argv.out!,
         });

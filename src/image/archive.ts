@@ -74,7 +74,8 @@ export function withDefaultTag(ref: string): string {
 
 // --- writing -----------------------------------------------------------------
 
-export interface LayerInput {
+/** A layer built here from its uncompressed tar. */
+export interface TarLayerInput {
   /** The uncompressed layer tar (its sha256 is the diff_id). */
   tar: Buffer;
   /** Default true: store the layer as tar+gzip. */
@@ -84,6 +85,23 @@ export interface LayerInput {
   /** Layer descriptor annotations (how nix store paths reach the snapshotter). */
   annotations?: Record<string, string>;
 }
+
+/**
+ * A layer taken over byte for byte from another image (a base image's
+ * layers): re-compressing would change its digest, and registries and
+ * containerd could no longer share it with the base.
+ */
+export interface PrebuiltLayerInput {
+  /** The layer blob exactly as stored (compressed or not). */
+  blob: Buffer;
+  /** An OCI layer media type matching the blob's compression. */
+  mediaType: string;
+  /** sha256 of the uncompressed tar, from the base image's rootfs.diff_ids. */
+  diffId: string;
+  annotations?: Record<string, string>;
+}
+
+export type LayerInput = TarLayerInput | PrebuiltLayerInput;
 
 export interface ImageInput {
   layers: LayerInput[];
@@ -178,6 +196,14 @@ export async function buildImage(image: ImageInput): Promise<BuiltImage> {
   const layerDescs: Descriptor[] = [];
   const diffIds: string[] = [];
   for (const [i, layer] of image.layers.entries()) {
+    if ("blob" in layer) {
+      const digest = sha256Digest(layer.blob);
+      blobs.set(digest, layer.blob);
+      diffIds.push(layer.diffId);
+      const annotations = nonEmpty(layer.annotations);
+      layerDescs.push({ mediaType: layer.mediaType, digest, size: layer.blob.length, ...(annotations ? { annotations } : {}) });
+      continue;
+    }
     if (detectCompression(layer.tar) !== "none") {
       throw new Error(`layer ${i}: LayerInput.tar must be an uncompressed tar (its digest is the diff_id)`);
     }

@@ -8,7 +8,8 @@ import { readFile, realpath } from "node:fs/promises";
 import { InvalidArgumentError } from "../errors.js";
 import { parseClosureFile } from "../nix/labels.js";
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
-import { writeImageArchive, type WrittenImage } from "./archive.js";
+import { DEFAULT_CREATED, type LayerInput, writeImageArchive, type WrittenImage } from "./archive.js";
+import { type BaseImage, mergeContainerConfig, readBaseImage } from "./from-image.js";
 import { buildLayer } from "./layer.js";
 import { copyToRootEntries, defaultNixRef, mountpointEntries, nixLayerAnnotations, parseImageConfig } from "./nix-image.js";
 
@@ -19,6 +20,8 @@ export interface BuildOptions {
   closureFile: string;
   /** JSON file: a list of store paths whose trees are linked into "/". */
   copyToRootFile?: string;
+  /** An image archive whose layers go below the nix layer and whose config gives the defaults. */
+  fromImageFile?: string;
   ref?: string;
   out: string;
 }
@@ -74,12 +77,24 @@ export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
     }
   }
 
+  let base: BaseImage | undefined;
+  if (o.fromImageFile) {
+    try {
+      base = await readBaseImage(o.fromImageFile);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message, { cause: err });
+    }
+  }
+
   const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
-  const tar = await buildLayer(entries);
+  const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations: nixLayerAnnotations(closure, await inStore(o.closureFile)) };
   return writeImageArchive(
     {
-      layers: [{ tar, annotations: nixLayerAnnotations(closure, await inStore(o.closureFile)) }],
-      config,
+      layers: [...(base?.layers ?? []), nixLayer],
+      config: base ? mergeContainerConfig(base.config, config) : config,
+      // A base's history describes its layers; one more entry describes ours.
+      ...(base?.history ? { history: [...base.history, { created: DEFAULT_CREATED, created_by: "nix2container build", comment: "nix store paths" }] } : {}),
+      ...(base?.variant ? { variant: base.variant } : {}),
       ref: o.ref ?? defaultNixRef(o.out),
     },
     o.out,

@@ -155,6 +155,19 @@ if (requireOrSkip(t, { commands: ["nix-build", "nix-instantiate", "nix-store"] }
       t.notOk(storePathLabels(a).includes(info.busybox), "no copyToRoot: no busybox");
     });
 
+    t.test("an image on another (fromImage)", async (t) => {
+      const [based] = await buildImages(tmp.path, salt, ["based"]);
+      const base = await readImageArchive(named!);
+      const img = await readImageArchive(based!);
+      t.equal(img.manifest.layers.length, 2, "the base's layer and its own");
+      t.same(img.manifest.layers[0], base.manifest.layers[0], "the base's layer first, descriptor and annotations unchanged");
+      t.equal(img.manifest.layers[1]!.annotations?.[LAYER], "true", "then its own nix layer");
+      t.same(img.config.config?.Entrypoint, [`${info.hello}/bin/hello`], "the base's entrypoint is inherited");
+      t.same(img.config.config?.Env, ["GREETING=hi", "EXTRA=1"], "Env: the base's, then its own");
+      const refs = (await sh("nix-store", ["-q", "--references", based!])).split("\n");
+      t.ok(refs.includes(info.hello) && refs.includes(info.busybox), "its archive refers to the base's store paths, so copying it copies them");
+    });
+
     t.test("copyToRegistry and copyToContainerd scripts", async (t) => {
       const script = (p: string, name: string) => readFileSync(path.join(p, "bin", name), "utf8");
       t.match(script(registryScript!, "copy-to-registry"), `nix2container push ${named} --ref 'example.com/demo/hello:v1' --plain-http "$@"`);

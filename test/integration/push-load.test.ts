@@ -39,7 +39,7 @@ import type { Test } from "tap";
 import { chainIds } from "../../src/containerd/unpack.js";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { readImageArchive, writeImageArchive } from "../../src/image/archive.js";
-import { buildLayer, packTar, type TarItem } from "../../src/image/layer.js";
+import { buildLayer, gzip, type LayerEntry, packTar, type TarItem } from "../../src/image/layer.js";
 import { goArch, type Manifest, sha256Digest } from "../../src/image/oci.js";
 import type { Info } from "../../src/snapshotter/snapshotter.js";
 import { startContainerd, type Containerd } from "../lib/containerd.js";
@@ -61,7 +61,7 @@ const REF_LABEL = "containerd.io/snapshot.ref";
 
 const suffix = randomBytes(3).toString("hex");
 /** Namespaces of our own; runc state under /run/containerd/runc/<ns> is shared with other containerds. */
-const NS = { pull: `pl-pull-${suffix}`, load: `pl-load-${suffix}`, bad: `pl-bad-${suffix}`, race: `pl-race-${suffix}` };
+const NS = { pull: `pl-pull-${suffix}`, load: `pl-load-${suffix}`, bad: `pl-bad-${suffix}`, race: `pl-race-${suffix}`, from: `pl-from-${suffix}` };
 const newId = (what: string) => `${what}-${randomBytes(4).toString("hex")}`;
 
 interface CliResult {
@@ -129,6 +129,37 @@ async function writeRawArchive(file: string, manifest: Manifest, blobs: Map<stri
   const items: TarItem[] = [...files].map(([name, body]) => ({ header: { name, type: "file", mode: 0o644, size: body.length, mtime: new Date(0) }, body }));
   writeFileSync(file, await packTar(items));
   return digest;
+}
+
+/**
+ * A docker-archive as `docker save` writes it ("<id>/layer.tar" members,
+ * "<config hex>.json"), with gzip-compressed layers, the way a base image
+ * reaches `nix2container build --from-image` from outside the project.
+ */
+async function writeDockerArchive(file: string, o: { layers: LayerEntry[][]; config: Record<string, unknown>; repoTag: string; architecture?: string }): Promise<string[]> {
+  const tars = await Promise.all(o.layers.map((l) => buildLayer(l)));
+  const blobs = await Promise.all(tars.map((tar) => gzip(tar)));
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: o.architecture ?? goArch(),
+      os: "linux",
+      config: o.config,
+      rootfs: { type: "layers", diff_ids: tars.map((tar) => sha256Digest(tar)) },
+      history: tars.map(() => ({ created_by: "base image layer" })),
+    }),
+  );
+  const configName = `${sha256Digest(config).slice(7)}.json`;
+  const ids = blobs.map((_, i) => String(i + 1).repeat(64));
+  const item = (name: string, body: Buffer): TarItem => ({ header: { name, type: "file", mode: 0o644, size: body.length, mtime: new Date(0) }, body });
+  writeFileSync(
+    file,
+    await packTar([
+      ...blobs.map((b, i) => item(`${ids[i]}/layer.tar`, b)),
+      item(configName, config),
+      item("manifest.json", Buffer.from(JSON.stringify([{ Config: configName, RepoTags: [o.repoTag], Layers: ids.map((id) => `${id}/layer.tar`) }]))),
+    ]),
+  );
+  return blobs.map((b) => sha256Digest(b));
 }
 
 function entries(dir: string): string[] {
@@ -553,6 +584,103 @@ if (
       const bad = await n2c(["load", notArchive, "--address", c.address, "--namespace", NS.bad]);
       t.not(bad.code, 0, "a file that is no archive fails");
       t.equal(bad.stderr.trim().split("\n").length, 1, `with one line (${bad.stderr.trim()})`);
+    });
+
+    await t.test("fromImage: the base's layers go first, byte for byte, and the image runs with both", async (t) => {
+      const dir = path.join(imagesDir, "from");
+      mkdirSync(dir, { recursive: true });
+      const baseLayers: LayerEntry[][] = [
+        [
+          { type: "dir", path: "bin", mode: 0o755 },
+          { type: "file", path: "bin/busybox", content: readFileSync("/bin/busybox"), mode: 0o755 },
+          { type: "symlink", path: "bin/sh", target: "busybox" },
+        ],
+        [{ type: "file", path: "etc/base-file", content: `from the base ${suffix}\n` }],
+      ];
+      const baseConfig = { Env: ["PATH=/bin", "BASE=base"], Cmd: ["/bin/sh"], Labels: { "org.example.base": "yes" } };
+      const dockerBase = path.join(dir, "base-docker.tar");
+      const baseDigests = await writeDockerArchive(dockerBase, { layers: baseLayers, config: baseConfig, repoTag: `example.com/base:${suffix}` });
+      const configFile = path.join(dir, "config.json");
+      writeFileSync(configFile, JSON.stringify({ Entrypoint: [`${f.hello}/bin/hello`], Env: ["PATH=/bin:/usr/bin", "NIX=nix"], Labels: { "org.example.own": "yes" } }));
+      const closureFile = path.join(f["hello-closure"], "store-paths");
+      const ref = `example.com/pushload/from:${suffix}`;
+      const build = (base: string, out: string) => n2c(["build", "--config", configFile, "--closure", closureFile, "--from-image", base, "--ref", ref, out]);
+
+      const out = path.join(dir, "derived.tar");
+      const r = await build(dockerBase, out);
+      t.equal(r.code, 0, `build --from-image a docker-archive exits 0 (${r.stderr.trim()})`);
+      const img = await readImageArchive(out);
+      t.same(img.manifest.layers.map((l) => l.digest).slice(0, 2), baseDigests, "the base's two layers come first, with the base's own digests");
+      t.same(img.manifest.layers.map((l) => l.mediaType), ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+gzip"], "as OCI gzip layers");
+      t.same(img.manifest.layers.map((l) => l.annotations?.[LAYER_LABEL] ?? null), [null, null, "true"], "only the last layer is a nix layer");
+      t.same(img.config.config?.Env, ["PATH=/bin:/usr/bin", "BASE=base", "NIX=nix"], "Env merged by name: ours replaces PATH, the base's BASE stays");
+      t.equal(img.config.config?.Cmd, undefined, "our Entrypoint drops the base's Cmd");
+      t.same(img.config.config?.Labels, { "org.example.base": "yes", "org.example.own": "yes" }, "labels are the union");
+      t.equal(img.config.history?.length, 3, "the base's history plus one entry for the nix layer");
+
+      const again = path.join(dir, "derived-again.tar");
+      t.equal((await build(dockerBase, again)).code, 0, "building again exits 0");
+      t.ok(readFileSync(again).equals(readFileSync(out)), "and gives a byte-identical archive");
+
+      const env = { CONTAINERD_ADDRESS: c.address, CONTAINERD_NAMESPACE: NS.from };
+      const loaded = await n2c(["load", out], env);
+      t.equal(loaded.code, 0, `load exits 0 (${loaded.stderr.trim()})`);
+      t.match(loaded.stdout, /: 5 blobs written, 0 present; 3 layers unpacked, 0 present$/m, "three layers unpacked");
+      const runIn = (args: string[]) => ctr(NS.from, ["run", "--rm", "--snapshotter", "nix", ref, newId("from"), ...args]);
+      t.equal(await runIn([]), "Hello, world!\n", "the entrypoint from the nix layer prints Hello, world!");
+      t.equal(await runIn(["/bin/sh", "-c", "cat /etc/base-file; echo $BASE $NIX"]), `from the base ${suffix}\nbase nix\n`, "the base's files and both images' Env are there");
+      const store = await runIn(["/bin/busybox", "ls", "-1A", "/nix/store"]);
+      t.same(store.split("\n").filter(Boolean).map((b) => `/nix/store/${b}`).sort(), helloClosure, "/nix/store holds the nix layer's closure");
+      const snaps = await snapshotsOf(NS.from);
+      t.equal(snaps.filter((i) => i.kind === "committed").length, 3, "three committed snapshots");
+      t.equal(snaps.filter((i) => i.labels[LAYER_LABEL] === "true").length, 1, "one of them the nix layer");
+
+      // An OCI layout base with uncompressed layers, as `skopeo copy oci-archive:` may hold.
+      const ociBase = path.join(dir, "base-oci.tar");
+      const ociWritten = await writeImageArchive(
+        { layers: await Promise.all(baseLayers.map(async (l) => ({ tar: await buildLayer(l), compress: false }))), config: baseConfig, ref: `example.com/base-oci:${suffix}` },
+        ociBase,
+      );
+      const fromOci = path.join(dir, "derived-oci.tar");
+      const r2 = await build(ociBase, fromOci);
+      t.equal(r2.code, 0, `build --from-image an OCI layout exits 0 (${r2.stderr.trim()})`);
+      const img2 = await readImageArchive(fromOci);
+      t.same(img2.manifest.layers.slice(0, 2).map((l) => [l.mediaType, l.digest]), ociWritten.layerDigests.map((d) => ["application/vnd.oci.image.layer.v1.tar", d]), "uncompressed base layers stay uncompressed");
+      t.same(img2.config.rootfs.diff_ids, img.config.rootfs.diff_ids, "same diff_ids as from the compressed base: the same filesystem");
+
+      // A registry that has the base already is sent only what is new.
+      const baseRef = `${basicReg.host}/fromimg:base`;
+      const derivedRef = `${basicReg.host}/fromimg:derived`;
+      const pushedBase = await n2c(["push", ociBase, "--ref", baseRef], pushEnv);
+      t.equal(pushedBase.code, 0, `pushing the base exits 0 (${pushedBase.stderr.trim()})`);
+      const pushedDerived = await n2c(["push", fromOci, "--ref", derivedRef], pushEnv);
+      t.equal(pushedDerived.code, 0, `pushing the derived image exits 0 (${pushedDerived.stderr.trim()})`);
+      t.match(pushedDerived.stdout, /uploaded 2 of 4 blobs .*, 2 already present$/m, "only the nix layer and the config are uploaded; the base layers are already there");
+      await ctr(NS.from, ["images", "rm", "--sync", ref]);
+      t.same((await snapshotsOf(NS.from)).map((i) => i.name), [], "removing the image collects all three snapshots");
+    });
+
+    await t.test("fromImage failures: one line, exit 2, no archive", async (t) => {
+      const dir = path.join(imagesDir, "from-bad");
+      mkdirSync(dir, { recursive: true });
+      const configFile = path.join(dir, "config.json");
+      writeFileSync(configFile, JSON.stringify({ Entrypoint: [`${f.hello}/bin/hello`] }));
+      const notArchive = path.join(dir, "not-an-archive.tar");
+      writeFileSync(notArchive, "this is not a tar file at all");
+      const foreign = path.join(dir, "foreign-arch.tar");
+      const otherArch = goArch() === "arm64" ? "amd64" : "arm64";
+      await writeDockerArchive(foreign, { layers: [[{ type: "file", path: "etc/x", content: "x" }]], config: {}, repoTag: "example.com/arm:1", architecture: otherArch });
+      const cases: { name: string; base: string; want: RegExp }[] = [
+        { name: "missing base", base: path.join(dir, "no-such-base.tar"), want: /base image .*no-such-base\.tar: .*ENOENT/ },
+        { name: "not an archive", base: notArchive, want: /base image .*not-an-archive\.tar: / },
+        { name: "another architecture", base: foreign, want: new RegExp(`base image .*foreign-arch\\.tar: is for linux/${otherArch}, the image is built for linux/${goArch()}`) },
+      ];
+      for (const c of cases) {
+        const out = path.join(dir, `out-${c.name.replace(/\W+/g, "-")}.tar`);
+        const r = await n2c(["build", "--config", configFile, "--closure", path.join(f["hello-closure"], "store-paths"), "--from-image", c.base, out]);
+        failsWith(t, r, 2, c.want, c.name);
+        t.notOk(existsSync(out), `${c.name}: no archive written`);
+      }
     });
 
     await t.test("removing the images lets containerd's GC take our snapshots", async (t) => {

@@ -28,13 +28,20 @@ let
     config.Entrypoint = [ "${hello}/bin/hello" ];
   };
 
+  # On top of another image (fromImage): its layers first, its config as defaults.
+  based = buildImage {
+    name = "based";
+    fromImage = named;
+    config.Env = [ "EXTRA=1" ];
+  };
+
   registryScript = named.copyToRegistry { plainHTTP = true; };
   registryScriptRenamed = named.copyToRegistry { imageName = "localhost:5000/other"; imageTag = "t2"; };
   containerdScript = byNix.copyToContainerd { address = "$XDG_RUNTIME_DIR/containerd/containerd.sock"; namespace = "k8s.io"; };
   containerdScriptDefault = byNix.copyToContainerd { };
 in
 {
-  inherit named byNix registryScript registryScriptRenamed containerdScript containerdScriptDefault;
+  inherit named byNix based registryScript registryScriptRenamed containerdScript containerdScriptDefault;
 
   # Plain strings (no store context) for nix-instantiate --eval --json.
   info = builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) {

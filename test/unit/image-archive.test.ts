@@ -18,6 +18,7 @@ import {
   withDefaultTag,
   writeImageArchive,
   type ImageInput,
+  type TarLayerInput,
 } from "../../src/image/archive.js";
 import { buildLayer, gzip, packTar, type TarItem } from "../../src/image/layer.js";
 import {
@@ -68,7 +69,7 @@ const fileItem = (name: string, body: Buffer | string): TarItem => {
 
 const hex = (digest: string) => digest.slice("sha256:".length);
 
-async function sampleImage(ref = "docker.io/library/hello:1.0"): Promise<ImageInput> {
+async function sampleImage(ref = "docker.io/library/hello:1.0"): Promise<Omit<ImageInput, "layers"> & { layers: TarLayerInput[] }> {
   const base = await buildLayer([
     { type: "file", path: "bin/hello", content: "#!/bin/sh\necho hello\n", mode: 0o755 },
     { type: "dir", path: "tmp", mode: 0o1777 },
