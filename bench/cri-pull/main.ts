@@ -13,11 +13,10 @@
  *   node build/bench/cri-pull/main.js [--quick] [--json FILE]
  */
 import { execFile } from "node:child_process";
-import { lstatSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { parseArgs, promisify } from "node:util";
+import { promisify } from "node:util";
 import { writeImageArchive } from "../../src/image/archive.js";
-import { buildLayer, fileEntriesFromDir, type LayerEntry } from "../../src/image/layer.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { criClients, type CriClients } from "../../test/lib/cri.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
@@ -25,27 +24,13 @@ import { buildFixtures, NIX2CONTAINER_BIN, redisArgs, redisImage } from "../../t
 import { htpasswdFile, startRegistry, type Registry } from "../../test/lib/registry.js";
 import { tempDir } from "../../test/lib/tmp.js";
 import { killStartedProcesses, SyncGc } from "../lib/containerd-run.js";
+import { benchMain, benchOptions, missingBuild, stopDaemon } from "../lib/harness.js";
+import { StorePathLayers } from "../lib/layered.js";
 import { fmt, markdownTable, msBetween, now, percentile, summarize, type BenchReport, type Summary } from "../lib/stats.js";
 
 const exec = promisify(execFile);
 
-const { values: opts } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    json: { type: "string" },
-    help: { type: "boolean", short: "h", default: false },
-  },
-  strict: true,
-});
-
-if (opts.help) {
-  process.stdout.write(
-    "usage: main.js [--quick] [--json FILE]\n" +
-      "  --quick      fewer repetitions (a smoke run)\n" +
-      "  --json FILE  also write the report as JSON (for bench/run.sh)\n",
-  );
-  process.exit(0);
-}
+const opts = benchOptions();
 
 /** Measured pulls per side (after one unmeasured warm-up pull each). */
 const REPS = opts.quick ? 5 : 30;
@@ -72,24 +57,6 @@ interface Env {
   storeAdded?: string;
 }
 
-/** The layer entries of one store path, under nix/store/<name>. */
-async function storePathEntries(storePath: string): Promise<LayerEntry[]> {
-  const base = `nix/store/${path.basename(storePath)}`;
-  const out: LayerEntry[] = [
-    { type: "dir", path: "nix", mode: 0o755 },
-    { type: "dir", path: "nix/store", mode: 0o755 },
-  ];
-  const st = lstatSync(storePath);
-  if (st.isSymbolicLink()) return [...out, { type: "symlink", path: base, target: readlinkSync(storePath) }];
-  if (st.isFile()) return [...out, { type: "file", path: base, content: readFileSync(storePath), mode: st.mode & 0o7777 }];
-  out.push({ type: "dir", path: base, mode: st.mode & 0o7777 });
-  for (const e of await fileEntriesFromDir(storePath)) {
-    const p = `${base}/${e.path}`;
-    out.push(e.type === "hardlink" ? { ...e, path: p, target: `${base}/${e.target}` } : { ...e, path: p });
-  }
-  return out;
-}
-
 async function teardown(env: Env): Promise<void> {
   env.gc?.close();
   env.cri?.close();
@@ -102,9 +69,7 @@ async function teardown(env: Env): Promise<void> {
   if (env.daemon) {
     const d = env.daemon;
     env.daemon = undefined;
-    const timer = setTimeout(() => d.child.kill("SIGKILL"), 15_000);
-    await d.stop();
-    clearTimeout(timer);
+    await stopDaemon(d);
   }
   if (env.registry) {
     const r = env.registry;
@@ -149,8 +114,7 @@ async function run(env: Env): Promise<{ sides: Side[]; storePaths: number; phase
   const host = env.registry.host;
   const layeredRef = `${host}/bench/redis-layered:v1`;
   progress(`building the layered image (${closure.length} layers, one per store path)`);
-  const layers = [];
-  for (const p of closure) layers.push({ tar: await buildLayer(await storePathEntries(p)), gzipLevel: 1 });
+  const layers = await new StorePathLayers(1).layers(closure);
   const layeredArchive = path.join(tmp, "images/redis-layered.tar");
   const written = await writeImageArchive(
     { layers, config: { Entrypoint: [`${f.redis}/bin/redis-server`], Cmd: redisArgs(6399) }, ref: layeredRef },
@@ -295,65 +259,15 @@ and PullImage answers.
   };
 }
 
-function tail(file: string, lines = 20): string {
-  try {
-    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-async function main(): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    process.stderr.write("bench/cri-pull: must run as root (it starts containerd and nix-snapshotter)\n");
-    return 2;
-  }
-  for (const f of [NIX2CONTAINER_BIN, path.join(REPO, "build/src/cli/nix-snapshotter.js")]) {
-    try {
-      lstatSync(f);
-    } catch {
-      process.stderr.write(`bench/cri-pull: ${f} is missing: build first (npx tsc -p .)\n`);
-      return 2;
-    }
-  }
-  const tmp = tempDir("nix-snapshotter-bench-cri-pull-");
-  const env: Env = { tmp, daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
-  let stopping: Promise<void> | undefined;
-  const stopAll = () => (stopping ??= teardown(env));
-  let interrupted = false;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (interrupted) return;
-    interrupted = true;
-    progress(`${sig}: stopping containerd, nix-snapshotter and the registry`);
-    stopAll().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  process.once("SIGHUP", onSignal);
-
-  const started = now();
-  try {
-    const rep = report(await run(env));
-    rep.meta = { ...rep.meta, seconds: Math.round(msBetween(started, now()) / 1000) };
-    process.stdout.write(`## ${rep.title}\n\n${rep.markdown}`);
-    if (opts.json) writeFileSync(opts.json, JSON.stringify(rep, null, 2) + "\n");
-    progress(`done in ${rep.meta["seconds"]} s`);
-    return 0;
-  } catch (err) {
-    if (interrupted) return 130;
-    process.stderr.write(`bench/cri-pull failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.stderr.write(`--- nix-snapshotter log (tail) ---\n${tail(env.daemonLog)}\n`);
-    if (env.containerd) process.stderr.write(`--- containerd log (tail) ---\n${tail(path.join(env.containerd.dir, "containerd.log"))}\n`);
-    return 1;
-  } finally {
-    await stopAll();
-  }
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/cri-pull: ${String(err)}\n`);
-    process.exit(1);
+benchMain<Env>({
+  name: "cri-pull",
+  opts,
+  preflight: () => missingBuild([NIX2CONTAINER_BIN, path.join(REPO, "build/src/cli/nix-snapshotter.js")]),
+  init: () => {
+    const tmp = tempDir("nix-snapshotter-bench-cri-pull-");
+    return { tmp, daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
   },
-);
+  run: async (env) => report(await run(env)),
+  teardown,
+  logs: (env) => ({ "nix-snapshotter log": env.daemonLog, ...(env.containerd ? { "containerd log": path.join(env.containerd.dir, "containerd.log") } : {}) }),
+});

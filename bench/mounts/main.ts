@@ -9,10 +9,9 @@
  *   node build/bench/mounts/main.js [--quick] [--json FILE]
  */
 import { execFile } from "node:child_process";
-import { writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { parseArgs, promisify } from "node:util";
+import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { snapshotsService } from "../../src/service/proto.js";
@@ -20,10 +19,11 @@ import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
 import { buildFixtures } from "../../test/lib/images.js";
 import { tempDir } from "../../test/lib/tmp.js";
+import { benchMain, benchOptions } from "../lib/harness.js";
 import { fmt, markdownTable, msBetween, now, percentile, type BenchReport } from "../lib/stats.js";
 
-const run = promisify(execFile);
-const { values: opts } = parseArgs({ options: { quick: { type: "boolean" }, json: { type: "string" } } });
+const exec = promisify(execFile);
+const opts = benchOptions("200 calls per row instead of 1,000 (a smoke run)");
 const CALLS = opts.quick ? 200 : 1000;
 const TARGET_P99_MS = 2;
 const NAMESPACE = "bench";
@@ -54,18 +54,22 @@ function rawMounts(address: string, key: string): { call: () => Promise<Buffer>;
   };
 }
 
-async function main(): Promise<void> {
-  const tmp = tempDir("nix-snapshotter-bench-mounts-");
-  let daemon: DaemonProcess | undefined;
-  let ctd: Containerd | undefined;
-  const clients: SnapshotsClient[] = [];
-  try {
+interface Env {
+  tmp: ReturnType<typeof tempDir>;
+  daemon?: DaemonProcess;
+  ctd?: Containerd;
+  clients: { close(): Promise<void> }[];
+}
+
+async function run(env: Env): Promise<BenchReport> {
+  const { tmp, clients } = env;
+  {
     process.stderr.write("[bench mounts] building the 1,000-path fixture closure with Nix...\n");
     const f = await buildFixtures(path.join(tmp.path, "fixtures"), { MANY_N: "1000" });
-    const closure = (await run("nix-store", ["-qR", f.many], { maxBuffer: 16 << 20 })).stdout.split("\n").filter(Boolean);
+    const closure = (await exec("nix-store", ["-qR", f.many], { maxBuffer: 16 << 20 })).stdout.split("\n").filter(Boolean);
     const address = path.join(tmp.path, "sn.sock");
-    daemon = await startDaemonProcess({ root: path.join(tmp.path, "root"), address });
-    ctd = await startContainerd({ dir: path.join(tmp.path, "containerd"), snapshotterAddress: address });
+    env.daemon = await startDaemonProcess({ root: path.join(tmp.path, "root"), address });
+    const ctd = (env.ctd = await startContainerd({ dir: path.join(tmp.path, "containerd"), snapshotterAddress: address }));
     const nix = new SnapshotsClient({ address: ctd.address, snapshotter: "nix", namespace: NAMESPACE });
     const overlay = new SnapshotsClient({ address: ctd.address, snapshotter: "overlayfs", namespace: NAMESPACE });
     const direct = new SnapshotsClient({ address });
@@ -86,7 +90,7 @@ async function main(): Promise<void> {
     });
 
     const raw = rawMounts(address, directKey);
-    clients.push({ close: async () => raw.close() } as unknown as SnapshotsClient);
+    clients.push({ close: async () => raw.close() });
     process.stderr.write(`[bench mounts] ${binds} bind mounts per call; ${CALLS} calls each\n`);
     const series: [string, number[]][] = [];
     for (let round = 0; round < 2; round++) {
@@ -124,18 +128,19 @@ nix layer of the \`many\` fixture (${closure.length} store paths: 1,000 small pa
 loader), so each call returns ${binds + 1} mounts. ${CALLS} calls per row in two alternating rounds, after a \
 warm-up. Load average before/after: ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}.
 `;
-    process.stdout.write(`## Mounts with 1,000 store paths\n\n${markdown}\n`);
-    const rep: BenchReport = { name: "mounts", title: "Mounts with 1,000 store paths", markdown, rows: stats, meta: { storePaths: closure.length, calls: CALLS } };
-    if (opts.json) writeFileSync(opts.json, JSON.stringify(rep, null, 2) + "\n");
-  } finally {
-    for (const c of clients) await c.close();
-    await ctd?.stop();
-    await daemon?.stop();
-    tmp.cleanup();
+    return { name: "mounts", title: "Mounts with 1,000 store paths", markdown, rows: stats, meta: { storePaths: closure.length, calls: CALLS } };
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`[bench mounts] ${(err as Error).stack ?? String(err)}\n`);
-  process.exit(1);
+benchMain<Env>({
+  name: "mounts",
+  opts,
+  init: () => ({ tmp: tempDir("nix-snapshotter-bench-mounts-"), clients: [] }),
+  run,
+  teardown: async (env) => {
+    for (const c of env.clients) await c.close();
+    await env.ctd?.stop();
+    await env.daemon?.stop();
+    env.tmp.cleanup();
+  },
 });

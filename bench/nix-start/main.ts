@@ -21,12 +21,12 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { lstat, readFile, readlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { parseArgs, promisify } from "node:util";
+import { promisify } from "node:util";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { readImageArchive, writeImageArchive } from "../../src/image/archive.js";
 import { buildLayer, fileEntriesFromDir, type LayerEntry } from "../../src/image/layer.js";
@@ -38,29 +38,14 @@ import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/dae
 import { buildNixImageArchive, NIX2CONTAINER_BIN } from "../../test/lib/images.js";
 import { tempDir, type TempDir } from "../../test/lib/tmp.js";
 import { clearNamespace, ContainerdEvents, killStartedProcesses, SyncGc, timeProcess, type ContainerdEvent, type TimedProcess } from "../lib/containerd-run.js";
+import { benchMain, benchOptions, fsType, missingBuild, removeStaleAutoRoots } from "../lib/harness.js";
 import { fmt, markdownTable, msBetween, now, percentile, type BenchReport } from "../lib/stats.js";
 
 const exec = promisify(execFile);
 
 // ---------------------------------------------------------------- options
 
-const { values: opts } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    json: { type: "string" },
-    help: { type: "boolean", short: "h", default: false },
-  },
-  strict: true,
-});
-
-if (opts.help) {
-  process.stdout.write(
-    "usage: main.js [--quick] [--json FILE]\n" +
-      "  --quick      closures up to 1,000 paths (no 5,000), fewer repetitions (a smoke run)\n" +
-      "  --json FILE  also write the report as JSON (for bench/run.sh)\n",
-  );
-  process.exit(0);
-}
+const opts = benchOptions("closures up to 1,000 paths (no 5,000), fewer repetitions (a smoke run)");
 
 interface Params {
   /** Closure sizes (store paths). */
@@ -236,30 +221,6 @@ interface Env {
 }
 
 /** Removes Nix's indirect-root links (gcroots/auto) that point into dir: our out-links and daemons' roots, gone with dir. */
-function removeStaleAutoRoots(dir: string): number {
-  const auto = "/nix/var/nix/gcroots/auto";
-  let removed = 0;
-  let names: string[];
-  try {
-    names = readdirSync(auto);
-  } catch {
-    return 0;
-  }
-  for (const n of names) {
-    const link = path.join(auto, n);
-    try {
-      const target = readlinkSync(link);
-      if (target.startsWith(dir + "/")) {
-        unlinkSync(link);
-        removed++;
-      }
-    } catch {
-      /* not a link, or gone */
-    }
-  }
-  return removed;
-}
-
 async function teardown(env: Env): Promise<void> {
   // ctr runs in flight first: their containers are then cleared below.
   killStartedProcesses();
@@ -282,24 +243,6 @@ async function teardown(env: Env): Promise<void> {
   env.tmp.cleanup();
   const stale = removeStaleAutoRoots(env.tmp.path);
   if (stale) progress(`removed ${stale} stale links to the temporary directory from /nix/var/nix/gcroots/auto`);
-}
-
-function tail(file: string, lines = 20): string {
-  try {
-    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-function fsType(p: string): string {
-  const magic: Record<number, string> = { 0xef53: "ext4", 0x58465342: "xfs", 0x9123683e: "btrfs", 0x01021994: "tmpfs", 0x794c7630: "overlayfs" };
-  try {
-    const t = statfsSync(p).type;
-    return magic[t] ?? `0x${t.toString(16)}`;
-  } catch {
-    return "unknown";
-  }
 }
 
 // ---------------------------------------------------------------- Prepare, straight to the daemon
@@ -1113,62 +1056,15 @@ ${busy ? " — **the machine was busy with other work during the run: absolute n
 
 // ---------------------------------------------------------------- main
 
-function preflight(): string | undefined {
-  if (process.getuid?.() !== 0) return "must run as root (it starts containerd and nix-snapshotter, and runs containers)";
-  for (const f of [NIX2CONTAINER_BIN, path.join(REPO, "build/src/cli/nix-snapshotter.js")]) {
-    try {
-      lstatSync(f);
-    } catch {
-      return `${f} is missing: build first (npx tsc -p .)`;
-    }
-  }
-  return undefined;
-}
-
-async function main(): Promise<number> {
-  const why = preflight();
-  if (why) {
-    process.stderr.write(`bench/nix-start: ${why}\n`);
-    return 2;
-  }
-  const tmp = tempDir("nix-snapshotter-bench-nix-start-");
-  const env: Env = { tmp, daemons: [], clients: [], daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
-  let stopping: Promise<void> | undefined;
-  const stopAll = () => (stopping ??= teardown(env));
-  let interrupted = false;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (interrupted) return;
-    interrupted = true;
-    progress(`${sig}: stopping containers, containerd and nix-snapshotter`);
-    stopAll().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  process.once("SIGHUP", onSignal);
-
-  const started = now();
-  try {
-    const rep = report(await run(env));
-    rep.meta = { ...rep.meta, seconds: Math.round(msBetween(started, now()) / 1000) };
-    process.stdout.write(`## ${rep.title}\n\n${rep.markdown}`);
-    if (opts.json) writeFileSync(opts.json, JSON.stringify(rep, null, 2) + "\n");
-    progress(`done in ${rep.meta["seconds"]} s`);
-    return 0;
-  } catch (err) {
-    if (interrupted) return 130;
-    process.stderr.write(`bench/nix-start failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.stderr.write(`--- nix-snapshotter log (tail) ---\n${tail(env.daemonLog)}\n`);
-    if (env.containerd) process.stderr.write(`--- containerd log (tail) ---\n${tail(path.join(env.containerd.dir, "containerd.log"))}\n`);
-    return 1;
-  } finally {
-    await stopAll();
-  }
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/nix-start: ${String(err)}\n`);
-    process.exit(1);
+benchMain<Env>({
+  name: "nix-start",
+  opts,
+  preflight: () => missingBuild([NIX2CONTAINER_BIN, path.join(REPO, "build/src/cli/nix-snapshotter.js")]),
+  init: () => {
+    const tmp = tempDir("nix-snapshotter-bench-nix-start-");
+    return { tmp, daemons: [], clients: [], daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
   },
-);
+  run: async (env) => report(await run(env)),
+  teardown,
+  logs: (env) => ({ "nix-snapshotter log": env.daemonLog, ...(env.containerd ? { "containerd log": path.join(env.containerd.dir, "containerd.log") } : {}) }),
+});

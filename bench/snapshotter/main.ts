@@ -14,38 +14,22 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { parseArgs } from "node:util";
 import { grpcTarget, SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
 import { tempDir, type TempDir } from "../../test/lib/tmp.js";
+import { benchMain, benchOptions, fsType } from "../lib/harness.js";
 import { fmt, markdownTable, msBetween, now, opsPerSec, percentile, pool, Samples, type BenchReport, type Summary } from "../lib/stats.js";
 
 // ---------------------------------------------------------------- options
 
-const { values: opts } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    json: { type: "string" },
-    "daemon-cpu-prof": { type: "string" },
-    help: { type: "boolean", short: "h", default: false },
-  },
-  strict: true,
+const opts = benchOptions("few iterations (a smoke run; numbers are noisy)", {
+  "daemon-cpu-prof": ["DIR", "write a V8 CPU profile (.cpuprofile) of the daemon into DIR"],
 });
-
-if (opts.help) {
-  process.stdout.write(
-    "usage: main.js [--quick] [--json FILE] [--daemon-cpu-prof DIR]\n" +
-      "  --quick            few iterations (a smoke run; numbers are noisy)\n" +
-      "  --json FILE        also write the report as JSON (for bench/run.sh)\n" +
-      "  --daemon-cpu-prof  write a V8 CPU profile (.cpuprofile) of the daemon into DIR\n",
-  );
-  process.exit(0);
-}
 
 interface Params {
   warmup: number;
@@ -387,24 +371,6 @@ process.on("exit", () => {
 `;
 }
 
-function tail(file: string, lines = 20): string {
-  try {
-    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "(no log)";
-  }
-}
-
-function fsType(p: string): string {
-  const magic: Record<number, string> = { 0xef53: "ext4", 0x58465342: "xfs", 0x9123683e: "btrfs", 0x01021994: "tmpfs", 0x794c7630: "overlayfs" };
-  try {
-    const t = statfsSync(p).type;
-    return magic[t] ?? `0x${t.toString(16)}`;
-  } catch {
-    return "unknown";
-  }
-}
-
 // ---------------------------------------------------------------- the run
 
 interface Results {
@@ -425,10 +391,10 @@ async function run(env: Env): Promise<Results> {
   const containerdDir = path.join(dir, "containerd");
 
   const daemonEnv: Record<string, string> = {};
-  if (opts["daemon-cpu-prof"]) {
+  if (opts.extra["daemon-cpu-prof"]) {
     // --cpu-prof is not allowed in NODE_OPTIONS; a preloaded module that
     // drives the in-process inspector is, and writes the same .cpuprofile.
-    const profDir = path.resolve(opts["daemon-cpu-prof"]);
+    const profDir = path.resolve(opts.extra["daemon-cpu-prof"]);
     mkdirSync(profDir, { recursive: true });
     const preload = path.join(dir, "cpu-prof.mjs");
     writeFileSync(preload, cpuProfPreload(profDir));
@@ -723,51 +689,14 @@ ${busy ? " — **the machine was busy with other work during the run: absolute n
 
 // ---------------------------------------------------------------- main
 
-async function main(): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    process.stderr.write("bench/snapshotter: must run as root (it starts containerd and nix-snapshotter)\n");
-    return 2;
-  }
-  const tmp = tempDir("nix-snapshotter-bench-");
-  const env: Env = { tmp, daemons: [], clients: [], closers: [], daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
-  // One teardown, whoever asks first (a signal, or the end of the run); the
-  // process exits only once it is over.
-  let stopping: Promise<void> | undefined;
-  const stopAll = () => (stopping ??= teardown(env));
-  let interrupted = false;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (interrupted) return;
-    interrupted = true;
-    progress(`${sig}: stopping containerd and nix-snapshotter`);
-    stopAll().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  process.once("SIGHUP", onSignal);
-
-  const started = now();
-  try {
-    const rep = report(await run(env));
-    rep.meta = { ...rep.meta, seconds: Math.round(msBetween(started, now()) / 1000) };
-    process.stdout.write(`## ${rep.title}\n\n${rep.markdown}`);
-    if (opts.json) writeFileSync(opts.json, JSON.stringify(rep, null, 2) + "\n");
-    progress(`done in ${rep.meta["seconds"]} s`);
-    return 0;
-  } catch (err) {
-    if (interrupted) return 130;
-    process.stderr.write(`bench/snapshotter failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.stderr.write(`--- nix-snapshotter log (tail) ---\n${tail(env.daemonLog)}\n`);
-    if (env.containerd) process.stderr.write(`--- containerd log (tail) ---\n${tail(path.join(env.containerd.dir, "containerd.log"))}\n`);
-    return 1;
-  } finally {
-    await stopAll();
-  }
-}
-
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`bench/snapshotter: ${String(err)}\n`);
-    process.exit(1);
+benchMain<Env>({
+  name: "snapshotter",
+  opts,
+  init: () => {
+    const tmp = tempDir("nix-snapshotter-bench-");
+    return { tmp, daemons: [], clients: [], closers: [], daemonLog: path.join(tmp.path, "nix-snapshotter.log") };
   },
-);
+  run: async (env) => report(await run(env)),
+  teardown,
+  logs: (env) => ({ "nix-snapshotter log": env.daemonLog, ...(env.containerd ? { "containerd log": path.join(env.containerd.dir, "containerd.log") } : {}) }),
+});

@@ -64,6 +64,30 @@ export interface RegistryOptions {
   tls?: TlsFiles;
 }
 
+export interface RegistryResponse {
+  method: string;
+  uri: string;
+  status: number;
+  /** Body bytes the registry wrote (http.response.written). */
+  written: number;
+}
+
+/** The "response completed" lines of distribution's log. */
+function parseResponses(log: string): RegistryResponse[] {
+  const out: RegistryResponse[] = [];
+  for (const line of readFileSync(log, "utf8").split("\n")) {
+    if (!/msg="response completed/.test(line)) continue;
+    const field = (name: string) => new RegExp(` ${name.replace(/\./g, "\\.")}="?([^"\\s]+)"?`).exec(line)?.[1];
+    out.push({
+      method: field("http.request.method") ?? "",
+      uri: field("http.request.uri") ?? "",
+      status: Number(field("http.response.status") ?? 0),
+      written: Number(field("http.response.written") ?? 0),
+    });
+  }
+  return out;
+}
+
 export interface Registry {
   /** host:port */
   readonly host: string;
@@ -72,6 +96,8 @@ export interface Registry {
   readonly pid: number;
   /** Requests the registry completed, by method and a URI pattern (from its access log). */
   count(method: string, uri: RegExp, status?: number): number;
+  /** Every request the registry completed so far, in order (from its log). */
+  responses(): RegistryResponse[];
   stop(): Promise<void>;
 }
 
@@ -141,17 +167,9 @@ export async function startRegistry(o: RegistryOptions): Promise<Registry> {
     log,
     pid: child.pid!,
     count(method, uri, status) {
-      let n = 0;
-      for (const line of readFileSync(log, "utf8").split("\n")) {
-        if (!/msg="response completed/.test(line)) continue;
-        if (!line.includes(` http.request.method=${method} `)) continue;
-        const u = / http\.request\.uri="?([^"\s]+)"?/.exec(line)?.[1];
-        if (u === undefined || !uri.test(u)) continue;
-        if (status !== undefined && !line.includes(` http.response.status=${status} `)) continue;
-        n++;
-      }
-      return n;
+      return parseResponses(log).filter((r) => r.method === method && uri.test(r.uri) && (status === undefined || r.status === status)).length;
     },
+    responses: () => parseResponses(log),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGTERM");
