@@ -5,6 +5,10 @@
 #                 the hello and redis nix images, stop (the README quick start)
 #   make test     set up and run the whole test suite
 #   make bench    run the benchmarks and write docs/performance.md
+#
+# As root the development environment is rootful; as an ordinary user it is
+# rootless (docs/rootless.md): both daemons run in a rootlesskit namespace,
+# which `make nsenter ARGS="sh"` enters.
 
 SHELL := /bin/bash
 NODE  ?= node
@@ -12,7 +16,7 @@ BUILD := build
 DEV   := $(NODE) $(BUILD)/test/lib/devenv.js
 
 .PHONY: all setup build test demo run-hello run-redis start-containerd \
-        start-nix-snapshotter stop clean bench
+        start-nix-snapshotter stop clean bench nsenter
 
 all: build
 
@@ -48,11 +52,22 @@ run-redis: build
 demo: build
 	@$(DEV) demo
 
+# A command in the environment's namespaces (rootless), e.g. ARGS="sh" or
+# ARGS="ctr images ls"; CONTAINERD_ADDRESS points at its containerd.
+nsenter: build
+	@$(DEV) nsenter $(ARGS)
+
 bench: build
 	@bash bench/run.sh
 
+# Rootless, container files belong to the user's subordinate ids: only
+# inside a user namespace mapping them can the user delete them.
 clean: stop
 	@if [ -d $(BUILD) ]; then \
-	  grep -o " $(CURDIR)/$(BUILD)[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true; \
-	  rm -rf $(BUILD); \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    grep -o " $(CURDIR)/$(BUILD)[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true; \
+	    rm -rf $(BUILD); \
+	  else \
+	    rootlesskit rm -rf $(BUILD) 2>/dev/null || rm -rf $(BUILD); \
+	  fi; \
 	fi

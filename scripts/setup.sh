@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nix-snapshotter needs to build, test and run its demo on a
 # Debian (bookworm) machine as root: containerd >= 1.7 (from trixie, pinned so
-# nothing else comes from there), runc, Nix, busybox and the npm packages.
+# nothing else comes from there), runc, Nix, busybox, the rootless tools
+# (rootlesskit, slirp4netns, uidmap, fuse-overlayfs) and the npm packages.
 # Idempotent: a second run installs nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ have_containerd17() {
 }
 
 APT_PKGS=(runc nix-bin busybox-static patchelf gcc libc6-dev redis-server skopeo docker-registry apache2-utils
-          redis-tools iproute2 util-linux ca-certificates curl)
+          redis-tools iproute2 util-linux ca-certificates curl
+          rootlesskit slirp4netns uidmap fuse-overlayfs fuse3)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

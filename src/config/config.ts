@@ -6,6 +6,7 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
+import { OVERLAY_DRIVERS, type OverlayDriver } from "../snapshotter/overlay-driver.js";
 
 export interface ImageServiceConfig {
   /** Serve CRI ImageService on the daemon's socket. */
@@ -20,6 +21,7 @@ export interface Config {
   /** A program run as `<builder> <outLink> <storePath>` instead of nix-store --realise. */
   externalBuilder: string | undefined;
   imageService: ImageServiceConfig;
+  overlay: { driver: OverlayDriver };
 }
 
 export const DEFAULT_CONFIG_PATH = "/etc/nix-snapshotter/config.toml";
@@ -32,6 +34,7 @@ export const DEFAULTS: Readonly<Config> = Object.freeze({
     enable: true,
     containerdAddress: "/run/containerd/containerd.sock",
   }),
+  overlay: Object.freeze({ driver: "overlayfs" as OverlayDriver }),
 });
 
 /** A configuration problem, reported as one line naming the file and key. */
@@ -41,6 +44,8 @@ type Kind = "string" | "boolean" | "path";
 
 interface KeySpec {
   kind: Kind;
+  /** For strings with a fixed set of values. */
+  oneOf?: readonly string[];
   set: (c: Config, v: string | boolean) => void;
 }
 
@@ -51,12 +56,13 @@ const KEYS: Record<string, KeySpec> = {
   external_builder: { kind: "string", set: (c, v) => (c.externalBuilder = (v as string) || undefined) },
   "image_service.enable": { kind: "boolean", set: (c, v) => (c.imageService.enable = v as boolean) },
   "image_service.containerd_address": { kind: "path", set: (c, v) => (c.imageService.containerdAddress = v as string) },
+  "overlay.driver": { kind: "string", oneOf: OVERLAY_DRIVERS, set: (c, v) => (c.overlay.driver = v as OverlayDriver) },
 };
 
-const TABLES = new Set(["image_service"]);
+const TABLES = new Set(["image_service", "overlay"]);
 
 export function defaultConfig(): Config {
-  return { ...DEFAULTS, imageService: { ...DEFAULTS.imageService } };
+  return { ...DEFAULTS, imageService: { ...DEFAULTS.imageService }, overlay: { ...DEFAULTS.overlay } };
 }
 
 function typeName(v: unknown): string {
@@ -80,6 +86,9 @@ export function applyToml(cfg: Config, doc: Record<string, unknown>, source: str
       const want = spec.kind === "boolean" ? "boolean" : "string";
       if (typeof v !== want) throw new ConfigError(`${source}: key "${key}" must be a ${want}, got ${typeName(v)}`);
       if (spec.kind === "path") checkPath(v as string, `${source}: key "${key}"`);
+      if (spec.oneOf && !spec.oneOf.includes(v as string)) {
+        throw new ConfigError(`${source}: key "${key}" must be one of ${spec.oneOf.map((o) => JSON.stringify(o)).join(", ")}, got ${JSON.stringify(v)}`);
+      }
       spec.set(cfg, v as string | boolean);
     }
   };

@@ -10,6 +10,7 @@ import type { Logger } from "../log.js";
 import { ExternalBuilderRealiser, NixStoreRealiser } from "../nix/realise.js";
 import { NixSnapshotter } from "../snapshotter/nix.js";
 import { OverlaySnapshotter } from "../snapshotter/overlay.js";
+import { inUserNamespace } from "../userns.js";
 import type { Snapshotter } from "../snapshotter/snapshotter.js";
 import { addCriImageService, CriForwarder, criImageId, type CriImageServiceOptions } from "./cri-image.js";
 import { NixImagePuller } from "./nix-pull.js";
@@ -23,8 +24,24 @@ export interface Daemon {
   stop(): Promise<void>;
 }
 
+/**
+ * Rootless (inside a user namespace) the store belongs to someone else:
+ * realisations and GC roots must go through the Nix daemon. Nix would
+ * take the namespace's uid 0 for root, so say it unless the operator did.
+ */
+function useNixDaemonWhenRootless(log: Logger): void {
+  if (!inUserNamespace()) return;
+  if (process.env["NIX_REMOTE"]) {
+    log.info("running in a user namespace; Nix store from NIX_REMOTE", { nix_remote: process.env["NIX_REMOTE"] });
+    return;
+  }
+  process.env["NIX_REMOTE"] = "daemon";
+  log.info("running in a user namespace: Nix operations go through the Nix daemon (NIX_REMOTE=daemon)");
+}
+
 export async function startDaemon(cfg: Config, log: Logger): Promise<Daemon> {
-  const overlay = await OverlaySnapshotter.open({ root: cfg.root, logger: log });
+  useNixDaemonWhenRootless(log);
+  const overlay = await OverlaySnapshotter.open({ root: cfg.root, driver: cfg.overlay.driver, logger: log });
   const realiser = cfg.externalBuilder ? new ExternalBuilderRealiser(cfg.externalBuilder) : new NixStoreRealiser();
   const snapshotter = await NixSnapshotter.wrap(overlay, { realiser, logger: log });
   try {

@@ -8,6 +8,8 @@
  *   - a view of one parent: a read-only bind mount of that parent;
  *   - a view of several: a read-only overlay of the parents (lowerdir only);
  *   - an active snapshot with parents: overlay with upperdir and workdir.
+ * Bind mounts need no privilege a rootless containerd lacks, so only the
+ * overlay type changes with the driver.
  */
 import path from "node:path";
 import type { Mount } from "./snapshotter.js";
@@ -26,7 +28,8 @@ export function workPath(p: SnapshotPaths, id: string): string {
   return path.join(p.snapshotsDir, id, "work");
 }
 
-export function computeMounts(p: SnapshotPaths, s: SnapshotRecord, overlayOptions: readonly string[]): Mount[] {
+/** `overlayType` is "overlay", or "fuse3.fuse-overlayfs" (same options, mounted by containerd's FUSE helper). */
+export function computeMounts(p: SnapshotPaths, s: SnapshotRecord, overlayOptions: readonly string[], overlayType = "overlay"): Mount[] {
   if (s.parentIds.length === 0) {
     return [{ type: "bind", source: upperPath(p, s.id), options: [s.kind === "view" ? "ro" : "rw", "rbind"] }];
   }
@@ -37,5 +40,5 @@ export function computeMounts(p: SnapshotPaths, s: SnapshotRecord, overlayOption
     return [{ type: "bind", source: upperPath(p, s.parentIds[0]!), options: ["ro", "rbind"] }];
   }
   options.push(`lowerdir=${s.parentIds.map((id) => upperPath(p, id)).join(":")}`);
-  return [{ type: "overlay", source: "overlay", options }];
+  return [{ type: overlayType, source: "overlay", options }];
 }

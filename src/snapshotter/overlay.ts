@@ -24,12 +24,15 @@ import { nullLogger } from "../log.js";
 import { parseFilters, snapshotAdaptor } from "./filters.js";
 import { MetaStore, type SnapshotRecord } from "./metadata.js";
 import { computeMounts, upperPath, type SnapshotPaths } from "./mounts.js";
+import { type OverlayDriver, overlayStyle, type OverlayStyle } from "./overlay-driver.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 import { diskUsage } from "./usage.js";
 
 export interface OverlayOptions {
   root: string;
-  /** Extra overlay mount options; index=off is added when the kernel has the knob. */
+  /** Default "overlayfs" (the kernel's); see overlay-driver.ts. */
+  driver?: OverlayDriver;
+  /** Extra overlay mount options, after those the driver needs (index=off, userxattr). */
   mountOptions?: string[];
   logger?: Logger;
 }
@@ -45,31 +48,28 @@ export class OverlaySnapshotter implements Snapshotter {
   readonly root: string;
   readonly paths: SnapshotPaths;
   private readonly ms: MetaStore;
-  private readonly options: string[];
+  private readonly style: OverlayStyle;
   private readonly log: Logger;
   /** Temporary directories of Prepare/View calls in flight: Cleanup keeps them. */
   private readonly pending = new Set<string>();
   private closed = false;
 
-  private constructor(root: string, ms: MetaStore, options: string[], log: Logger) {
+  private constructor(root: string, ms: MetaStore, style: OverlayStyle, log: Logger) {
     this.root = root;
     this.paths = { snapshotsDir: path.join(root, "snapshots") };
     this.ms = ms;
-    this.options = options;
+    this.style = style;
     this.log = log;
   }
 
   static async open(opts: OverlayOptions): Promise<OverlaySnapshotter> {
     const root = path.resolve(opts.root);
     await mkdir(path.join(root, "snapshots"), { recursive: true, mode: 0o700 });
+    const log = opts.logger ?? nullLogger;
+    const style = await overlayStyle(opts.driver ?? "overlayfs", root, log);
+    style.options.push(...(opts.mountOptions ?? []));
     const ms = new MetaStore(path.join(root, "metadata.db"));
-    const options = [...(opts.mountOptions ?? [])];
-    // index=off as containerd: with the index feature on, overlayfs refuses
-    // to mount a lower layer that was mounted before with another upper.
-    if (!options.some((o) => o.startsWith("index=")) && existsSync("/sys/module/overlay/parameters/index")) {
-      options.push("index=off");
-    }
-    const sn = new OverlaySnapshotter(root, ms, options, opts.logger ?? nullLogger);
+    const sn = new OverlaySnapshotter(root, ms, style, log);
     sn.repairRowsWithoutDirectory();
     return sn;
   }
@@ -116,12 +116,12 @@ export class OverlaySnapshotter implements Snapshotter {
 
   async mounts(key: string): Promise<Mount[]> {
     const s = this.ms.read(() => this.ms.getSnapshot(key));
-    return computeMounts(this.paths, s, this.options);
+    return computeMounts(this.paths, s, this.style.options, this.style.type);
   }
 
   /** The rootfs mounts of a record obtained from record(). */
   mountsOf(s: SnapshotRecord): Mount[] {
-    return computeMounts(this.paths, s, this.options);
+    return computeMounts(this.paths, s, this.style.options, this.style.type);
   }
 
   /** The id (directory name) of any snapshot. */

@@ -23,6 +23,11 @@ export interface ContainerdOptions {
   logLevel?: string;
   /** Leave it running after this process exits (development environment). */
   detached?: boolean;
+  /**
+   * A command that runs containerd and ctr, e.g. nsenter into a rootlesskit
+   * namespace; it must exec its argument (same PID) so stop() reaches it.
+   */
+  wrap?: string[];
 }
 
 export interface Containerd {
@@ -46,6 +51,10 @@ disabled_plugins = [${disabled.join(", ")}]
 
 [grpc]
   address = "${d}/containerd.sock"
+
+# Not /opt/containerd: rootless, it is not writable.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${d}/opt"
 
 [ttrpc]
   address = "${d}/containerd.sock.ttrpc"
@@ -93,14 +102,16 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
   const logFile = path.join(o.dir, "containerd.log");
   let child: ChildProcess;
   let log: ReturnType<typeof createWriteStream> | undefined;
+  const wrap = o.wrap ?? [];
+  const [cmd, ...argv] = [...wrap, "containerd", "--config", configFile] as string[] as [string, ...string[]];
   if (o.detached) {
     const fd = openSync(logFile, "a");
-    child = spawn("containerd", ["--config", configFile], { stdio: ["ignore", fd, fd], detached: true });
+    child = spawn(cmd, argv, { stdio: ["ignore", fd, fd], detached: true });
     closeSync(fd);
     child.unref();
   } else {
     log = createWriteStream(logFile, { flags: "a" });
-    child = spawn("containerd", ["--config", configFile], { stdio: ["ignore", "pipe", "pipe"] });
+    child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
   }
@@ -117,7 +128,8 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
     pid: child.pid!,
     child,
     async ctr(args, opts = {}) {
-      const p = run("ctr", ["--address", address, "--namespace", opts.namespace ?? "default", ...args], {
+      const [ctrCmd, ...ctrArgs] = [...wrap, "ctr", "--address", address] as string[] as [string, ...string[]];
+      const p = run(ctrCmd, [...ctrArgs, "--namespace", opts.namespace ?? "default", ...args], {
         timeout: opts.timeoutMs ?? 120_000,
         maxBuffer: 64 * 1024 * 1024,
       });

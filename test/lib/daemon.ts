@@ -21,6 +21,11 @@ export interface DaemonOptions {
   env?: Record<string, string>;
   /** Leave it running after this process exits (development environment); needs logFile. */
   detached?: boolean;
+  /**
+   * A command that runs the daemon, e.g. nsenter into a rootlesskit
+   * namespace; it must exec its argument (same PID) so stop() reaches it.
+   */
+  wrap?: string[];
 }
 
 export interface DaemonProcess {
@@ -61,13 +66,14 @@ export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonPro
   let child: ChildProcess;
   let log: ReturnType<typeof createWriteStream> | undefined;
   let stderr = "";
+  const [cmd, ...argv] = [...(opts.wrap ?? []), process.execPath, ...args] as string[] as [string, ...string[]];
   if (opts.detached) {
     const fd = openSync(opts.logFile ?? "/dev/null", "a");
-    child = spawn(process.execPath, args, { stdio: ["ignore", fd, fd], env: { ...process.env, ...opts.env }, detached: true });
+    child = spawn(cmd, argv, { stdio: ["ignore", fd, fd], env: { ...process.env, ...opts.env }, detached: true });
     closeSync(fd);
     child.unref();
   } else {
-    child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } });
+    child = spawn(cmd, argv, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } });
     log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : undefined;
     child.stderr!.on("data", (d: Buffer) => {
       if (log) log.write(d);

@@ -1,23 +1,32 @@
 /**
  * The development environment behind the Makefile's targets: a private
- * containerd and nix-snapshotter with all state under ./build/dev, started
- * in the background and stopped by PID.
+ * containerd and nix-snapshotter with all state under ./build/dev (or
+ * $NIX_SNAPSHOTTER_DEV_DIR), started in the background and stopped by PID.
+ *
+ * Run as root it is rootful. Run as an ordinary user it is rootless: both
+ * daemons run inside one rootlesskit namespace (test/lib/rootless.ts),
+ * Nix work goes through the Nix daemon, containers run without cgroups of
+ * their own (a user cannot create them without delegation), and run-redis
+ * publishes its port on the host's 127.0.0.1.
  *
  *   start-nix-snapshotter | start-containerd | stop | status
- *   run-hello | run-redis | demo
+ *   run-hello | run-redis | demo | nsenter CMD... | ctr ARGS...
  */
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { startContainerd } from "./containerd.js";
 import { REPO, startDaemonProcess } from "./daemon.js";
 import { buildFixtures, helloImage, redisImage, waitForPong, type Fixtures } from "./images.js";
+import { attachRootlessNamespace, type RootlessNamespace, startRootlessNamespace, stopRootlessNamespace } from "./rootless.js";
 import { unmountBelow } from "./tmp.js";
 
 const run = promisify(execFile);
 
-export const DEV = path.join(REPO, "build/dev");
+export const DEV = path.resolve(process.env["NIX_SNAPSHOTTER_DEV_DIR"] ?? path.join(REPO, "build/dev"));
+/** An ordinary user gets the rootless environment. */
+export const ROOTLESS = process.getuid?.() !== 0;
 export const PATHS = {
   snapshotterRoot: path.join(DEV, "nix-snapshotter"),
   snapshotterAddress: path.join(DEV, "run/nix-snapshotter.sock"),
@@ -27,7 +36,11 @@ export const PATHS = {
   pids: path.join(DEV, "pids"),
   fixtures: path.join(DEV, "fixtures"),
   images: path.join(DEV, "images"),
+  rootless: path.join(DEV, "rootless"),
 };
+
+/** Rootless containers stay in the caller's cgroup: no cgroup path, no CPU shares to set. */
+const RUN_FLAGS = ROOTLESS ? ["--cgroup", "", "--cpu-shares", "0"] : [];
 
 /** The port the demo's redis listens on (host network). */
 export const REDIS_PORT = Number(process.env["REDIS_PORT"] ?? 6379);
@@ -49,6 +62,32 @@ function runningPid(name: string): number | undefined {
   }
 }
 
+/** The daemon's config: this containerd for the image service; OVERLAY_DRIVER picks the overlay driver. */
+function snapshotterConfig(): string {
+  let toml = `[image_service]\ncontainerd_address = ${JSON.stringify(PATHS.containerdAddress)}\n`;
+  const driver = process.env["OVERLAY_DRIVER"];
+  if (driver) toml += `[overlay]\ndriver = ${JSON.stringify(driver)}\n`;
+  return toml;
+}
+
+/** A path for messages: relative inside the repository, absolute elsewhere. */
+function shown(p: string): string {
+  const rel = path.relative(REPO, p);
+  return rel.startsWith("..") ? p : rel;
+}
+
+/** The rootless namespace, started if needed; undefined when rootful. */
+async function namespace(): Promise<RootlessNamespace | undefined> {
+  if (!ROOTLESS) return undefined;
+  const pid = runningPid("rootlesskit");
+  if (pid) return attachRootlessNamespace(PATHS.rootless, pid);
+  mkdirSync(PATHS.pids, { recursive: true });
+  const ns = await startRootlessNamespace({ stateDir: PATHS.rootless, logFile: path.join(DEV, "rootlesskit.log"), detached: true });
+  writeFileSync(pidFile("rootlesskit"), String(ns.pid));
+  console.log(`rootlesskit namespace running (pid ${ns.pid}): containerd and nix-snapshotter run inside as uid 0 of a user namespace`);
+  return ns;
+}
+
 export async function startSnapshotter(): Promise<void> {
   const pid = runningPid("nix-snapshotter");
   if (pid) return console.log(`nix-snapshotter already running (pid ${pid})`);
@@ -57,19 +96,22 @@ export async function startSnapshotter(): Promise<void> {
     root: PATHS.snapshotterRoot,
     address: PATHS.snapshotterAddress,
     logFile: PATHS.snapshotterLog,
+    config: snapshotterConfig(),
     detached: true,
+    ...(ROOTLESS ? { wrap: (await namespace())!.wrap } : {}),
   });
   writeFileSync(pidFile("nix-snapshotter"), String(d.pid));
-  console.log(`nix-snapshotter running (pid ${d.pid}), socket ${path.relative(REPO, PATHS.snapshotterAddress)}, log ${path.relative(REPO, PATHS.snapshotterLog)}`);
+  console.log(`nix-snapshotter running (pid ${d.pid}), socket ${shown(PATHS.snapshotterAddress)}, log ${shown(PATHS.snapshotterLog)}`);
 }
 
 export async function startContainerdDev(): Promise<void> {
   const pid = runningPid("containerd");
   if (pid) return console.log(`containerd already running (pid ${pid})`);
   mkdirSync(PATHS.pids, { recursive: true });
-  const c = await startContainerd({ dir: PATHS.containerdDir, snapshotterAddress: PATHS.snapshotterAddress, detached: true });
+  const ns = await namespace();
+  const c = await startContainerd({ dir: PATHS.containerdDir, snapshotterAddress: PATHS.snapshotterAddress, detached: true, ...(ns ? { wrap: ns.wrap } : {}) });
   writeFileSync(pidFile("containerd"), String(c.pid));
-  console.log(`containerd running (pid ${c.pid}), socket ${path.relative(REPO, c.address)}`);
+  console.log(`containerd running (pid ${c.pid}), socket ${shown(c.address)}`);
 }
 
 async function stopOne(name: string): Promise<void> {
@@ -96,12 +138,23 @@ export async function stopAll(): Promise<void> {
   // containerd first: it holds the snapshotter's mounts and connections.
   await stopOne("containerd");
   await stopOne("nix-snapshotter");
+  await stopNamespace();
   unmountBelow(DEV);
 }
 
+async function stopNamespace(): Promise<void> {
+  const kit = runningPid("rootlesskit");
+  if (!kit) return;
+  await stopRootlessNamespace(attachRootlessNamespace(PATHS.rootless, kit));
+  rmSync(pidFile("rootlesskit"), { force: true });
+  console.log(`stopped the rootlesskit namespace (pid ${kit})`);
+}
+
+/** ctr against the dev containerd; rootless, from inside the namespace (its fifos live there). */
 async function ctr(args: string[]): Promise<string> {
+  const [cmd, ...argv] = [...((await namespace())?.wrap ?? []), "ctr", "--address", PATHS.containerdAddress, "--namespace", "default", ...args] as string[] as [string, ...string[]];
   try {
-    const { stdout } = await run("ctr", ["--address", PATHS.containerdAddress, "--namespace", "default", ...args], { timeout: 300_000 });
+    const { stdout } = await run(cmd, argv, { timeout: 300_000 });
     return stdout;
   } catch (err) {
     throw new Error(`ctr ${args.join(" ")}: ${((err as { stderr?: string }).stderr || (err as Error).message).trim()}`);
@@ -124,7 +177,10 @@ async function ensureRunning(): Promise<string[]> {
 
 async function fixtures(): Promise<Fixtures> {
   console.log("building the hello and redis closures with Nix (test/fixtures)...");
-  return buildFixtures(PATHS.fixtures);
+  const f = await buildFixtures(PATHS.fixtures);
+  // Which store paths the environment uses, for tools and tests.
+  writeFileSync(path.join(DEV, "fixtures.json"), JSON.stringify(f, null, 2) + "\n");
+  return f;
 }
 
 /** Imports through the Transfer service, the ctr path that hands layer annotations to the snapshotter. */
@@ -137,7 +193,7 @@ async function runHello(f?: Fixtures): Promise<void> {
   const img = await helloImage(PATHS.images, f ?? (await fixtures()));
   await importImage(img.archive);
   console.log(`$ ctr run --rm --snapshotter nix ${img.ref} hello`);
-  const out = await ctr(["run", "--rm", "--snapshotter", "nix", img.ref, `hello-${process.pid}`]);
+  const out = await ctr(["run", "--rm", ...RUN_FLAGS, "--snapshotter", "nix", img.ref, `hello-${process.pid}`]);
   process.stdout.write(out);
   if (out.trim() !== "Hello, world!") throw new Error(`hello printed ${JSON.stringify(out)}, not "Hello, world!"`);
 }
@@ -148,7 +204,9 @@ async function runRedis(f?: Fixtures): Promise<void> {
   await importImage(img.archive);
   await stopRedis();
   console.log(`$ ctr run -d --net-host --snapshotter nix ${img.ref} redis`);
-  await ctr(["run", "-d", "--net-host", "--snapshotter", "nix", img.ref, "redis"]);
+  await ctr(["run", "-d", "--net-host", ...RUN_FLAGS, "--snapshotter", "nix", img.ref, "redis"]);
+  // Rootless, the host network of the container is the namespace's: publish the port.
+  await (await namespace())?.publish(REDIS_PORT);
   const pong = await waitForPong(REDIS_PORT);
   console.log(`$ redis-cli -p ${REDIS_PORT} ping\n${pong}`);
 }
@@ -168,6 +226,7 @@ async function stopRedis(): Promise<void> {
 
 /** The quick start: start, build, run hello and redis, stop what was started. */
 async function demo(): Promise<void> {
+  const hadNamespace = runningPid("rootlesskit") !== undefined;
   const started = await ensureRunning();
   try {
     const f = await fixtures();
@@ -178,6 +237,7 @@ async function demo(): Promise<void> {
   } finally {
     if (started.includes("containerd")) await stopOne("containerd");
     if (started.includes("nix-snapshotter")) await stopOne("nix-snapshotter");
+    if (!hadNamespace) await stopNamespace();
     if (started.length > 0) unmountBelow(DEV);
   }
 }
@@ -189,8 +249,25 @@ const commands: Record<string, () => Promise<void>> = {
   "start-nix-snapshotter": startSnapshotter,
   "start-containerd": startContainerdDev,
   stop: stopAll,
+  "stop-redis": stopRedis,
+  /** A command inside the environment's namespaces (rootless), or just the command (rootful). */
+  async nsenter() {
+    const argv = process.argv.slice(3);
+    if (argv.length === 0) argv.push(process.env["SHELL"] ?? "sh");
+    const [cmd, ...rest] = [...((await namespace())?.wrap ?? []), ...argv] as string[] as [string, ...string[]];
+    const code = await new Promise<number>((resolve, reject) => {
+      const child = spawn(cmd, rest, { stdio: "inherit", env: { ...process.env, CONTAINERD_ADDRESS: PATHS.containerdAddress } });
+      child.once("error", reject);
+      child.once("exit", (c, sig) => resolve(c ?? (sig ? 128 : 1)));
+    });
+    if (code !== 0) process.exit(code);
+  },
+  /** ctr with the environment's socket (and namespace, rootless). */
+  async ctr() {
+    process.stdout.write(await ctr(process.argv.slice(3)));
+  },
   async status() {
-    for (const n of ["nix-snapshotter", "containerd"]) {
+    for (const n of [...(ROOTLESS ? ["rootlesskit"] : []), "nix-snapshotter", "containerd"]) {
       const pid = runningPid(n);
       console.log(`${n}: ${pid ? `running (pid ${pid})` : "stopped"}`);
     }

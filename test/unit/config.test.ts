@@ -19,6 +19,7 @@ t.test("defaults when the default file is absent", async (t) => {
   t.equal(cfg.imageService.enable, true);
   t.equal(cfg.imageService.containerdAddress, "/run/containerd/containerd.sock");
   t.equal(cfg.externalBuilder, undefined);
+  t.equal(cfg.overlay.driver, "overlayfs");
 });
 
 t.test("an explicitly named file must exist", async (t) => {
@@ -29,11 +30,11 @@ t.test("every key is read", async (t) => {
   const cfg = await loadConfigFile(
     file(
       "full.toml",
-      `address = "/run/x.sock"\nroot = "/var/lib/x"\nexternal_builder = "/bin/builder"\n[image_service]\nenable = false\ncontainerd_address = "/run/c.sock"\n`,
+      `address = "/run/x.sock"\nroot = "/var/lib/x"\nexternal_builder = "/bin/builder"\n[image_service]\nenable = false\ncontainerd_address = "/run/c.sock"\n[overlay]\ndriver = "fuse-overlayfs"\n`,
     ),
     true,
   );
-  t.same(cfg, { address: "/run/x.sock", root: "/var/lib/x", externalBuilder: "/bin/builder", imageService: { enable: false, containerdAddress: "/run/c.sock" } });
+  t.same(cfg, { address: "/run/x.sock", root: "/var/lib/x", externalBuilder: "/bin/builder", imageService: { enable: false, containerdAddress: "/run/c.sock" }, overlay: { driver: "fuse-overlayfs" } });
 });
 
 t.test("bad files are refused with one line naming file and key", async (t) => {
@@ -46,6 +47,7 @@ t.test("bad files are refused with one line naming file and key", async (t) => {
     ["root = \"relative/dir\"\n", /key "root" must be an absolute path/],
     ["root = \"\"\n", /key "root" must not be empty/],
     ["root = \n", /bad\.toml:1:\d+: invalid TOML/],
+    ["[overlay]\ndriver = \"aufs\"\n", /key "overlay\.driver" must be one of "overlayfs", "fuse-overlayfs", got "aufs"/],
   ];
   for (const [text, re] of cases) {
     const err = await loadConfigFile(file("bad.toml", text), true).catch((e: unknown) => e);
