@@ -17,7 +17,7 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "../log.js";
@@ -59,6 +59,10 @@ export async function overlayStyle(driver: OverlayDriver, root: string, log: Log
   // to mount a lower layer that was mounted before with another upper.
   if (existsSync("/sys/module/overlay/parameters/index")) options.push("index=off");
   if (inUserNamespace()) {
+    // A daemon killed mid-probe leaves its scratch directory behind.
+    for (const name of await readdir(root).catch(() => [] as string[])) {
+      if (name.startsWith(".probe-")) await rm(path.join(root, name), { recursive: true, force: true }).catch(() => undefined);
+    }
     if (await probeUserXattr(path.join(root, `.probe-${process.pid}`))) {
       options.push("userxattr");
       log.info("running in a user namespace: overlay mounts use userxattr");
