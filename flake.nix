@@ -85,25 +85,7 @@
         // lib.mapAttrs' (name: image: lib.nameValuePair "image-${name}" image) s.examples
         // s.tests);
 
-      nixosModules = {
-        default = ./modules/nixos;
-        nix-snapshotter = ./modules/nixos/nix-snapshotter.nix;
-        nix-snapshotter-rootless = ./modules/nixos/nix-snapshotter-rootless.nix;
-        containerd = ./modules/nixos/containerd.nix;
-        containerd-rootless = ./modules/nixos/containerd-rootless.nix;
-        preload-containerd = ./modules/nixos/preload-containerd.nix;
-        preload-containerd-rootless = ./modules/nixos/preload-containerd-rootless.nix;
-        k3s = ./modules/nixos/k3s.nix;
-        k3s-rootless = ./modules/nixos/k3s-rootless.nix;
-      };
-
-      homeModules = {
-        default = ./modules/home;
-        nix-snapshotter-rootless = ./modules/home/nix-snapshotter-rootless.nix;
-        containerd-rootless = ./modules/home/containerd-rootless.nix;
-        preload-containerd-rootless = ./modules/home/preload-containerd-rootless.nix;
-        k3s-rootless = ./modules/home/k3s-rootless.nix;
-      };
+      inherit (import ./modules/outputs.nix) nixosModules homeModules;
 
       # Try it in a VM: `nix run .#vm` (or .#vm-rootless), log in as root/root
       # (rootless/rootless).

@@ -24,7 +24,7 @@ import { buildFixtures, NIX2CONTAINER_BIN, redisArgs, redisImage } from "../../t
 import { htpasswdFile, startRegistry, type Registry } from "../../test/lib/registry.js";
 import { tempDir } from "../../test/lib/tmp.js";
 import { killStartedProcesses, SyncGc } from "../lib/containerd-run.js";
-import { benchMain, benchOptions, missingBuild, stopDaemon } from "../lib/harness.js";
+import { benchMain, benchOptions, missingBuild } from "../lib/harness.js";
 import { StorePathLayers } from "../lib/layered.js";
 import { fmt, markdownTable, msBetween, now, percentile, summarize, type BenchReport, type Summary } from "../lib/stats.js";
 
@@ -69,7 +69,7 @@ async function teardown(env: Env): Promise<void> {
   if (env.daemon) {
     const d = env.daemon;
     env.daemon = undefined;
-    await stopDaemon(d);
+    await d.stop("SIGTERM", 15_000);
   }
   if (env.registry) {
     const r = env.registry;

@@ -7,10 +7,9 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { spawn, type ChildProcess } from "node:child_process";
-import { rmdirSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { grpcTarget } from "../../src/containerd/snapshots.js";
-import type { Containerd } from "../../test/lib/containerd.js";
+import { type Containerd, killTasks } from "../../test/lib/containerd.js";
 import { msBetween, now } from "./stats.js";
 
 /** Children started by this module and still running, by PID. */
@@ -325,30 +324,19 @@ export class SyncGc {
 // ---------------------------------------------------------------- cleanup
 
 /**
- * Kills and deletes every task, then deletes every container and image of
- * a namespace, and removes runc's state directory for it (runc state lives
- * in /run/containerd/runc/<namespace>, shared with any other containerd).
- * Best effort: a benchmark's teardown must go on whatever fails here.
+ * Kills every task (killTasks), then deletes every container and image of
+ * a namespace. Best effort: a benchmark's teardown must go on whatever
+ * fails here.
  */
 export async function clearNamespace(ctrd: Containerd, namespace: string, log: (msg: string) => void = () => {}): Promise<void> {
   const opts = { namespace, timeoutMs: 20_000 };
   const lines = async (args: string[]) => (await ctrd.ctr(args, opts)).split("\n").filter(Boolean);
+  await killTasks(ctrd, namespace);
   try {
-    for (const id of await lines(["tasks", "ls", "-q"])) {
-      log(`killing task ${id}`);
-      await ctrd.ctr(["tasks", "kill", "-s", "SIGKILL", id], opts).catch(() => undefined);
-      await sleep(200);
-      await ctrd.ctr(["tasks", "rm", "-f", id], opts).catch(() => undefined);
-    }
     for (const id of await lines(["containers", "ls", "-q"])) await ctrd.ctr(["containers", "rm", id], opts).catch(() => undefined);
     const images = await lines(["images", "ls", "-q"]);
     if (images.length) await ctrd.ctr(["images", "rm", "--sync", ...images], { ...opts, timeoutMs: 120_000 }).catch(() => undefined);
   } catch (err) {
     log(`clearing namespace ${namespace}: ${(err as Error).message}`);
-  }
-  try {
-    rmdirSync(`/run/containerd/runc/${namespace}`);
-  } catch {
-    /* never created, or not empty */
   }
 }

@@ -7,7 +7,6 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import type { DaemonProcess } from "../../test/lib/daemon.js";
 import { msBetween, now, type BenchReport } from "./stats.js";
 
 export interface BenchOptions {
@@ -167,12 +166,3 @@ export function benchMain<E>(b: BenchMain<E>): void {
   );
 }
 
-/** Stops a nix-snapshotter with SIGTERM, and SIGKILL if it is not gone within `ms`. */
-export async function stopDaemon(d: DaemonProcess, ms = 15_000): Promise<void> {
-  const timer = setTimeout(() => d.child.kill("SIGKILL"), ms);
-  try {
-    await d.stop();
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -234,9 +234,7 @@ async function teardown(env: Env): Promise<void> {
     await c.stop().catch((e: unknown) => progress(`stopping containerd (pid ${c.pid}): ${String(e)}`));
   }
   for (const d of env.daemons.splice(0)) {
-    const timer = setTimeout(() => d.child.kill("SIGKILL"), 15_000);
-    const code = await d.stop();
-    clearTimeout(timer);
+    const code = await d.stop("SIGTERM", 15_000);
     if (code !== 0) progress(`nix-snapshotter (pid ${d.pid}) exited with ${code}`);
   }
   killStartedProcesses();

@@ -37,7 +37,7 @@ import { closureOf, nonce, prelude, tryDelete } from "../../test/lib/nix.js";
 import { htpasswdFile, makeCert, startRegistry, type Registry } from "../../test/lib/registry.js";
 import { tempDir } from "../../test/lib/tmp.js";
 import { clearNamespace, killStartedProcesses } from "../lib/containerd-run.js";
-import { benchMain, benchOptions, missingBuild, removeStaleAutoRoots, stopDaemon } from "../lib/harness.js";
+import { benchMain, benchOptions, missingBuild, removeStaleAutoRoots } from "../lib/harness.js";
 import { StorePathLayers } from "../lib/layered.js";
 import { fmt, markdownTable, msBetween, now, percentile, type BenchReport } from "../lib/stats.js";
 
@@ -477,7 +477,7 @@ async function teardown(env: Env): Promise<void> {
   if (env.daemon) {
     const d = env.daemon;
     env.daemon = undefined;
-    await stopDaemon(d);
+    await d.stop("SIGTERM", 15_000);
   }
   await env.registry?.stop().catch(() => undefined);
   await new Promise<void>((resolve) => (env.cache ? env.cache.close(() => resolve()) : resolve()));

@@ -12,16 +12,16 @@
  * on failure or interruption. The markdown report goes to stdout, progress
  * to stderr.
  */
-import * as grpc from "@grpc/grpc-js";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { grpcTarget, SnapshotsClient } from "../../src/containerd/snapshots.js";
+import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
 import { tempDir, type TempDir } from "../../test/lib/tmp.js";
+import { SyncGc } from "../lib/containerd-run.js";
 import { benchMain, benchOptions, fsType } from "../lib/harness.js";
 import { fmt, markdownTable, msBetween, now, opsPerSec, percentile, pool, Samples, type BenchReport, type Summary } from "../lib/stats.js";
 
@@ -187,53 +187,6 @@ async function buildChain(p: Participant, depth: number): Promise<string[]> {
   return names;
 }
 
-/**
- * The two calls of containerd.services.leases.v1.Leases this needs, encoded
- * by hand (one or two fields each) rather than shipping another .proto:
- * Create(id) and Delete(id, sync=true). Deleting a lease synchronously runs
- * containerd's garbage collector to the end, backend removals included.
- */
-class Leases {
-  private readonly client: grpc.Client;
-  private readonly md = new grpc.Metadata();
-  private seq = 0;
-
-  constructor(address: string) {
-    this.client = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure());
-    this.md.set("containerd-namespace", NAMESPACE);
-  }
-
-  private static stringField(field: number, v: string): Buffer {
-    const b = Buffer.from(v);
-    if (b.length > 127) throw new Error("lease id too long");
-    return Buffer.concat([Buffer.from([(field << 3) | 2, b.length]), b]);
-  }
-
-  private unary(method: string, body: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.client.makeUnaryRequest(
-        `/containerd.services.leases.v1.Leases/${method}`,
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        body,
-        this.md,
-        (err) => (err ? reject(new Error(`Leases.${method}: ${err.message}`)) : resolve()),
-      );
-    });
-  }
-
-  /** Creates a lease and deletes it with sync: one full collection. */
-  async collect(): Promise<void> {
-    const id = Leases.stringField(1, `bench-gc-${process.pid}-${++this.seq}`);
-    await this.unary("Create", id);
-    await this.unary("Delete", Buffer.concat([id, Buffer.from([(2 << 3) | 0, 1])]));
-  }
-
-  close(): void {
-    this.client.close();
-  }
-}
-
 // ---------------------------------------------------------------- measuring
 
 interface Measured {
@@ -345,9 +298,7 @@ async function teardown(env: Env): Promise<void> {
     await c.stop().catch((e: unknown) => progress(`stopping containerd (pid ${c.pid}): ${String(e)}`));
   }
   for (const d of env.daemons.splice(0)) {
-    const timer = setTimeout(() => d.child.kill("SIGKILL"), 15_000);
-    const code = await d.stop();
-    clearTimeout(timer);
+    const code = await d.stop("SIGTERM", 15_000);
     if (code !== 0) progress(`nix-snapshotter (pid ${d.pid}) exited with ${code}`);
   }
   env.tmp.cleanup();
@@ -444,7 +395,7 @@ async function run(env: Env): Promise<Results> {
 
   // A synchronous garbage collection: what containerd's collector does some
   // time after a Remove, done now and waited for.
-  const gc = new Leases(containerd.address);
+  const gc = new SyncGc(containerd.address, NAMESPACE);
   env.closers.push(() => gc.close());
   const settle = () => gc.collect();
 

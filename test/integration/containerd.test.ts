@@ -16,7 +16,7 @@
  * daemon with no snapshots and an empty snapshots directory.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import t from "tap";
@@ -24,7 +24,7 @@ import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { writeImageArchive } from "../../src/image/archive.js";
 import { buildLayer, type LayerEntry } from "../../src/image/layer.js";
 import type { Info } from "../../src/snapshotter/snapshotter.js";
-import { startContainerd, type Containerd } from "../lib/containerd.js";
+import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { listAll, tail } from "../lib/util.js";
@@ -190,29 +190,11 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "busy
         console.error(`# --- containerd log ${ctrdLog} (tail) ---\n${tail(ctrdLog, 60, /msg="loading plugin/)}`);
       }
       if (ctrd) {
-        // Tasks left by a failure would keep shims and mounts alive.
-        try {
-          const tasks = (await ctrd.ctr(["tasks", "ls", "-q"], { namespace: NAMESPACE, timeoutMs: 10_000 })).split("\n").filter(Boolean);
-          for (const id of tasks) {
-            await ctrd.ctr(["tasks", "kill", "-s", "SIGKILL", id], { namespace: NAMESPACE, timeoutMs: 10_000 }).catch(() => undefined);
-            await sleep(200);
-            await ctrd.ctr(["tasks", "rm", "-f", id], { namespace: NAMESPACE, timeoutMs: 10_000 }).catch(() => undefined);
-          }
-        } catch {
-          /* containerd already gone */
-        }
+        await killTasks(ctrd, NAMESPACE);
         await ctrd.stop();
       }
-      // The runc shim keeps per-namespace state in /run/containerd/runc/<ns>; ours is empty now.
-      try {
-        rmdirSync(path.join("/run/containerd/runc", NAMESPACE));
-      } catch {
-        /* never created, or not empty: leave it */
-      }
       if (daemon) {
-        const timer = setTimeout(() => daemon?.child.kill("SIGKILL"), 10_000);
-        await daemon.stop("SIGTERM");
-        clearTimeout(timer);
+        await daemon.stop("SIGTERM", 10_000);
       }
       tmp.cleanup();
     });

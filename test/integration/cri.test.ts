@@ -6,7 +6,6 @@
  */
 import { execFile } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
@@ -17,19 +16,9 @@ import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, redisImage, waitForPong } from "../lib/images.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
+import { freePort } from "../lib/util.js";
 
 const run = promisify(execFile);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.once("error", reject);
-  });
-}
 
 if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-store", "redis-cli"] })) {
   t.test("CRI: nix:0 images through our ImageService, pods through containerd", async (t) => {

@@ -21,7 +21,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
@@ -36,12 +36,12 @@ import { buildLayer, type LayerEntry } from "../../src/image/layer.js";
 import { mountpointEntries, nixLayerAnnotations } from "../../src/image/nix-image.js";
 import type { StorePath } from "../../src/nix/store-path.js";
 import type { Info } from "../../src/snapshotter/snapshotter.js";
-import { startContainerd, type Containerd } from "../lib/containerd.js";
+import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, buildNixImageArchive, helloImage, redisImage, waitForPong, type Fixtures } from "../lib/images.js";
 import { closureOf, isValid, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { requireOrSkip } from "../lib/require.js";
-import { listAll, tail } from "../lib/util.js";
+import { entries, freePort, listAll, tail } from "../lib/util.js";
 import { tempDir, type TempDir } from "../lib/tmp.js";
 
 const run = promisify(execFile);
@@ -61,22 +61,6 @@ const CLOSURE_LABEL = "containerd.io/snapshot/nix-closure";
 
 // --- helpers ------------------------------------------------------------------
 
-
-function entries(dir: string): string[] {
-  return existsSync(dir) ? readdirSync(dir).sort() : [];
-}
-
-/** A TCP port nothing listens on right now (the kernel's pick, so a high one). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** The store-paths file of a closureInfo output, as a sorted list. */
 function closureList(closureInfo: string): string[] {
@@ -144,30 +128,10 @@ async function startStack(t: Test, name: string, env?: Record<string, string>): 
     }
     await direct?.close();
     if (ctrd) {
-      // Tasks left by a failure would keep shims and mounts alive.
-      try {
-        const opts = { namespace: NAMESPACE, timeoutMs: 10_000 };
-        for (const id of (await ctrd.ctr(["tasks", "ls", "-q"], opts)).split("\n").filter(Boolean)) {
-          await ctrd.ctr(["tasks", "kill", "-s", "SIGKILL", id], opts).catch(() => undefined);
-          await sleep(200);
-          await ctrd.ctr(["tasks", "rm", "-f", id], opts).catch(() => undefined);
-        }
-      } catch {
-        /* containerd already gone */
-      }
+      await killTasks(ctrd, NAMESPACE);
       await ctrd.stop();
     }
-    try {
-      rmdirSync(path.join("/run/containerd/runc", NAMESPACE));
-    } catch {
-      /* never created, not empty, or used by the other stack */
-    }
-    if (daemon) {
-      const d = daemon;
-      const timer = setTimeout(() => d.child.kill("SIGKILL"), 10_000);
-      await d.stop("SIGTERM");
-      clearTimeout(timer);
-    }
+    await daemon?.stop("SIGTERM", 10_000);
     tmp.cleanup();
   });
   daemon = await startDaemonProcess({ root: snRoot, address: snAddress, logFile: snLog, logLevel: "debug", ...(env ? { env } : {}) });

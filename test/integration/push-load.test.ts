@@ -30,7 +30,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -42,13 +42,13 @@ import { readImageArchive, writeImageArchive } from "../../src/image/archive.js"
 import { buildLayer, gzip, type LayerEntry, packTar, type TarItem } from "../../src/image/layer.js";
 import { goArch, type Manifest, sha256Digest } from "../../src/image/oci.js";
 import type { Info } from "../../src/snapshotter/snapshotter.js";
-import { startContainerd, type Containerd } from "../lib/containerd.js";
+import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, helloImage, NIX2CONTAINER_BIN, type Fixtures } from "../lib/images.js";
-import { freePort, htpasswdFile, makeCert, type Registry, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
+import { htpasswdFile, makeCert, type Registry, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
-import { listAll, tail } from "../lib/util.js";
+import { entries, freePort, listAll, tail } from "../lib/util.js";
 
 const run = promisify(execFile);
 
@@ -162,10 +162,6 @@ async function writeDockerArchive(file: string, o: { layers: LayerEntry[][]; con
   return blobs.map((b) => sha256Digest(b));
 }
 
-function entries(dir: string): string[] {
-  return existsSync(dir) ? readdirSync(dir).sort() : [];
-}
-
 if (
   requireOrSkip(t, {
     root: true,
@@ -208,33 +204,10 @@ if (
       for (const r of registries) await r.stop();
       await issuer?.stop();
       if (ctrd) {
-        for (const ns of Object.values(NS)) {
-          try {
-            const opts = { namespace: ns, timeoutMs: 10_000 };
-            for (const id of (await ctrd.ctr(["tasks", "ls", "-q"], opts)).split("\n").filter(Boolean)) {
-              await ctrd.ctr(["tasks", "kill", "-s", "SIGKILL", id], opts).catch(() => undefined);
-              await sleep(200);
-              await ctrd.ctr(["tasks", "rm", "-f", id], opts).catch(() => undefined);
-            }
-          } catch {
-            /* containerd already gone */
-          }
-        }
+        for (const ns of Object.values(NS)) await killTasks(ctrd, ns);
         await ctrd.stop();
       }
-      for (const ns of Object.values(NS)) {
-        try {
-          rmdirSync(path.join("/run/containerd/runc", ns));
-        } catch {
-          /* never created, or not empty */
-        }
-      }
-      if (daemon) {
-        const d = daemon;
-        const timer = setTimeout(() => d.child.kill("SIGKILL"), 10_000);
-        await d.stop("SIGTERM");
-        clearTimeout(timer);
-      }
+      await daemon?.stop("SIGTERM", 10_000);
       tmp.cleanup();
     });
 

@@ -25,10 +25,9 @@ import type { Test } from "tap";
 import { writeImageArchive } from "../../src/image/archive.js";
 import { buildLayer } from "../../src/image/layer.js";
 import { REPO, waitForSocket } from "../lib/daemon.js";
-import { freePort } from "../lib/registry.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
-import { tail } from "../lib/util.js";
+import { freePort, tail } from "../lib/util.js";
 
 const run = promisify(execFile);
 const USER = "nixsn-rootless";

@@ -5,7 +5,7 @@
  * stopped by PID. Never the system instance.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { closeSync, createWriteStream, mkdirSync, openSync, writeFileSync } from "node:fs";
+import { closeSync, createWriteStream, mkdirSync, openSync, rmdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { goArch } from "../../src/image/oci.js";
@@ -153,4 +153,28 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
       log?.end();
     },
   };
+}
+
+/**
+ * Kills and deletes every task of a namespace (a failed test's tasks would
+ * keep shims and mounts alive), then removes runc's state directory for it,
+ * /run/containerd/runc/<namespace>, which every containerd on the host
+ * shares. Best effort: teardown goes on whatever fails here.
+ */
+export async function killTasks(ctrd: Containerd, namespace: string): Promise<void> {
+  const opts = { namespace, timeoutMs: 20_000 };
+  try {
+    for (const id of (await ctrd.ctr(["tasks", "ls", "-q"], opts)).split("\n").filter(Boolean)) {
+      await ctrd.ctr(["tasks", "kill", "-s", "SIGKILL", id], opts).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      await ctrd.ctr(["tasks", "rm", "-f", id], opts).catch(() => undefined);
+    }
+  } catch {
+    /* containerd already gone */
+  }
+  try {
+    rmdirSync(path.join("/run/containerd/runc", namespace));
+  } catch {
+    /* never created, or not empty (another instance uses it) */
+  }
 }

@@ -33,7 +33,8 @@ export interface DaemonProcess {
   readonly pid: number;
   /** Resolves with the exit code (or signal name). */
   readonly exited: Promise<number | string>;
-  stop(signal?: NodeJS.Signals): Promise<number | string>;
+  /** Sends `signal` (default SIGTERM); with graceMs, SIGKILL if still running after that long. */
+  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<number | string>;
 }
 
 export function waitForSocket(p: string, timeoutMs = 15_000): Promise<void> {
@@ -101,9 +102,14 @@ export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonPro
     child,
     pid: child.pid!,
     exited,
-    async stop(signal: NodeJS.Signals = "SIGTERM") {
+    async stop(signal: NodeJS.Signals = "SIGTERM", graceMs?: number) {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
+      const timer = graceMs === undefined ? undefined : setTimeout(() => child.kill("SIGKILL"), graceMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

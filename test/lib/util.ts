@@ -1,5 +1,8 @@
-/** Small helpers shared by the integration tests. */
-import { readFileSync } from "node:fs";
+/** Small helpers shared by the tests. */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import net from "node:net";
+import tarStream from "tar-stream";
+import type { Header } from "tar-stream";
 import type { Info, Snapshotter } from "../../src/snapshotter/snapshotter.js";
 
 /** The last lines of a log file (for diagnostics on failure), optionally without noise. */
@@ -18,5 +21,40 @@ export async function listAll(sn: Snapshotter, filters?: string[]): Promise<Info
   await sn.walk((i) => {
     out.push(i);
   }, filters);
+  return out;
+}
+
+/** A directory's entries, sorted; none when it does not exist. */
+export function entries(dir: string): string[] {
+  return existsSync(dir) ? readdirSync(dir).sort() : [];
+}
+
+/** A TCP port nothing listens on right now (the kernel's pick). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface TarMember {
+  header: Header;
+  body: Buffer;
+}
+
+/** Every member of an uncompressed tar, in order, with its contents. */
+export async function listTar(buf: Buffer): Promise<TarMember[]> {
+  const extract = tarStream.extract();
+  const out: TarMember[] = [];
+  extract.end(buf);
+  for await (const entry of extract) {
+    const chunks: Buffer[] = [];
+    for await (const c of entry) chunks.push(c as Buffer);
+    out.push({ header: entry.header, body: Buffer.concat(chunks) });
+  }
   return out;
 }

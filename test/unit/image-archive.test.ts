@@ -9,8 +9,6 @@ import path from "node:path";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
 import t from "tap";
-import tarStream from "tar-stream";
-import type { Header } from "tar-stream";
 import {
   buildImage,
   readImageArchive,
@@ -34,23 +32,7 @@ import {
 } from "../../src/image/oci.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
-
-interface Listed {
-  header: Header;
-  body: Buffer;
-}
-
-async function listTar(buf: Buffer): Promise<Listed[]> {
-  const extract = tarStream.extract();
-  const out: Listed[] = [];
-  extract.end(buf);
-  for await (const entry of extract) {
-    const chunks: Buffer[] = [];
-    for await (const c of entry) chunks.push(c as Buffer);
-    out.push({ header: entry.header, body: Buffer.concat(chunks) });
-  }
-  return out;
-}
+import { listTar } from "../lib/util.js";
 
 /** Rewrites a tar, letting `edit` change any member's content. */
 async function rewriteTar(buf: Buffer, edit: (name: string, body: Buffer) => Buffer): Promise<Buffer> {

@@ -8,8 +8,6 @@ import { copyFile, chmod, link, mkdir, symlink, writeFile } from "node:fs/promis
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
-import tarStream from "tar-stream";
-import type { Header } from "tar-stream";
 import {
   buildLayer,
   detectCompression,
@@ -21,23 +19,7 @@ import {
   type LayerEntry,
 } from "../../src/image/layer.js";
 import { tempDir } from "../lib/tmp.js";
-
-interface Listed {
-  header: Header;
-  body: Buffer;
-}
-
-async function listTar(buf: Buffer): Promise<Listed[]> {
-  const extract = tarStream.extract();
-  const out: Listed[] = [];
-  extract.end(buf);
-  for await (const entry of extract) {
-    const chunks: Buffer[] = [];
-    for await (const c of entry) chunks.push(c as Buffer);
-    out.push({ header: entry.header, body: Buffer.concat(chunks) });
-  }
-  return out;
-}
+import { listTar } from "../lib/util.js";
 
 const names = async (buf: Buffer) => (await listTar(buf)).map((e) => e.header.name);
 
