@@ -3,7 +3,7 @@
  * with private root and socket, for tests and benchmarks.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
+import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -91,7 +91,9 @@ export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonPro
     await Promise.race([
       waitForSocket(opts.address),
       exited.then((code) => {
-        throw new Error(`nix-snapshotter exited (${code}) before serving: ${stderr.trim()}`);
+        // Detached, its output went to the log file.
+        const said = opts.detached && opts.logFile && existsSync(opts.logFile) ? readFileSync(opts.logFile, "utf8").trim().split("\n").pop() ?? "" : stderr.trim();
+        throw new Error(`nix-snapshotter exited (${code}) before serving: ${said}`);
       }),
     ]);
   } catch (err) {

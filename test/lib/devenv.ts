@@ -76,6 +76,14 @@ function shown(p: string): string {
   return rel.startsWith("..") ? p : rel;
 }
 
+/** The running rootless namespace; undefined when rootful; an error when rootless and not started. */
+function runningNamespace(): RootlessNamespace | undefined {
+  if (!ROOTLESS) return undefined;
+  const pid = runningPid("rootlesskit");
+  if (!pid) throw new Error("the rootless environment is not running: make start-containerd first");
+  return attachRootlessNamespace(PATHS.rootless, pid);
+}
+
 /** The rootless namespace, started if needed; undefined when rootful. */
 async function namespace(): Promise<RootlessNamespace | undefined> {
   if (!ROOTLESS) return undefined;
@@ -152,7 +160,7 @@ async function stopNamespace(): Promise<void> {
 
 /** ctr against the dev containerd; rootless, from inside the namespace (its fifos live there). */
 async function ctr(args: string[]): Promise<string> {
-  const [cmd, ...argv] = [...((await namespace())?.wrap ?? []), "ctr", "--address", PATHS.containerdAddress, "--namespace", "default", ...args] as string[] as [string, ...string[]];
+  const [cmd, ...argv] = [...(runningNamespace()?.wrap ?? []), "ctr", "--address", PATHS.containerdAddress, "--namespace", "default", ...args] as string[] as [string, ...string[]];
   try {
     const { stdout } = await run(cmd, argv, { timeout: 300_000 });
     return stdout;
@@ -206,7 +214,7 @@ async function runRedis(f?: Fixtures): Promise<void> {
   console.log(`$ ctr run -d --net-host --snapshotter nix ${img.ref} redis`);
   await ctr(["run", "-d", "--net-host", ...RUN_FLAGS, "--snapshotter", "nix", img.ref, "redis"]);
   // Rootless, the host network of the container is the namespace's: publish the port.
-  await (await namespace())?.publish(REDIS_PORT);
+  await runningNamespace()?.publish(REDIS_PORT);
   const pong = await waitForPong(REDIS_PORT);
   console.log(`$ redis-cli -p ${REDIS_PORT} ping\n${pong}`);
 }
@@ -254,7 +262,7 @@ const commands: Record<string, () => Promise<void>> = {
   async nsenter() {
     const argv = process.argv.slice(3);
     if (argv.length === 0) argv.push(process.env["SHELL"] ?? "sh");
-    const [cmd, ...rest] = [...((await namespace())?.wrap ?? []), ...argv] as string[] as [string, ...string[]];
+    const [cmd, ...rest] = [...(runningNamespace()?.wrap ?? []), ...argv] as string[] as [string, ...string[]];
     const code = await new Promise<number>((resolve, reject) => {
       const child = spawn(cmd, rest, { stdio: "inherit", env: { ...process.env, CONTAINERD_ADDRESS: PATHS.containerdAddress } });
       child.once("error", reject);

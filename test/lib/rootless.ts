@@ -14,7 +14,7 @@
  * is replaced by a directory of our own, bind-mounted from the state dir.
  */
 import { execFile, spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -69,6 +69,11 @@ export interface StartOptions {
 
 /** Starts rootlesskit and waits until its namespace can be entered. */
 export async function startRootlessNamespace(o: StartOptions): Promise<RootlessNamespace> {
+  try {
+    accessSync("/dev/net/tun", constants.R_OK | constants.W_OK);
+  } catch {
+    throw new Error("slirp4netns cannot open /dev/net/tun: as root, chmod 0666 /dev/net/tun (udev does this on most systems; see docs/rootless.md)");
+  }
   // A crashed run leaves child_pid and api.sock behind; rootlesskit wants its own.
   rmSync(kitDir(o.stateDir), { recursive: true, force: true });
   const runContainerd = path.join(o.stateDir, "run-containerd");
