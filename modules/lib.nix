@@ -16,9 +16,19 @@ let
   defaultRoot = "/var/lib/containerd/io.containerd.snapshotter.v1.nix";
   defaultContainerdAddress = "/run/containerd/containerd.sock";
 
-  # The nix-snapshotter package: the one from the overlay when present,
-  # otherwise built from this repository.
-  defaultPackage = pkgs.nix-snapshotter or (pkgs.callPackage ../pkgs/nix-snapshotter.nix { });
+  cc = import ./containerd-config.nix { inherit lib; };
+
+  # This project's package, built from this checkout. Not
+  # `pkgs.nix-snapshotter`: nixpkgs has its own package of that name (the
+  # Go daemon this project replaces), so without this flake's overlay that
+  # name is another program. With the overlay, callPackage gives the very
+  # same derivation as pkgs.nix-snapshotter.
+  defaultPackage = pkgs.callPackage ../pkgs/nix-snapshotter.nix { };
+  defaultPackageText = lib.literalMD "this flake's `nix-snapshotter` (built from `pkgs/nix-snapshotter.nix`; not nixpkgs' Go `pkgs.nix-snapshotter`)";
+
+  # What the daemon runs: nix-store (realise and root store paths), mount
+  # and umount (the overlayfs probe in a user namespace).
+  requiredPath = [ pkgs.nix pkgs.util-linux ];
 
   goArch = {
     x86_64-linux = "amd64";
@@ -32,29 +42,37 @@ let
   system = pkgs.stdenv.hostPlatform.system;
 in
 rec {
-  inherit tomlFormat defaultAddress defaultRoot defaultContainerdAddress defaultPackage;
+  inherit tomlFormat defaultAddress defaultRoot defaultContainerdAddress defaultPackage requiredPath cc;
 
   # containerd's platform string for this host ("linux/amd64").
   hostPlatform =
     if goArch ? ${system} then "linux/${goArch.${system}}"
     else throw "nix-snapshotter: no containerd platform known for ${system}";
 
-  # Options of services.nix-snapshotter and services.nix-snapshotter.rootless.
-  snapshotterOptions = {
+  # containerd settings of the `nix` snapshotter at `address`, for the
+  # containerd options `cfg` (its configVersion).
+  nixSnapshotterSettings = cfg: address:
+    cc.nixSnapshotter { version = cfg.configVersion; inherit address; platform = hostPlatform; };
+
+  # Options of services.nix-snapshotter and services.nix-snapshotter.rootless
+  # (`cfg`: their values).
+  snapshotterOptions = cfg: {
     package = mkOption {
       type = types.package;
       default = defaultPackage;
-      defaultText = lib.literalExpression "pkgs.nix-snapshotter";
+      defaultText = defaultPackageText;
       description = "The nix-snapshotter package (provides `nix-snapshotter` and `nix2container`).";
     };
 
     path = mkOption {
       type = types.listOf types.package;
-      default = [ pkgs.nix ];
-      defaultText = lib.literalExpression "[ pkgs.nix ]";
+      default = [ ];
+      example = lib.literalExpression "[ pkgs.nixVersions.latest pkgs.git ]";
       description = ''
-        Packages on the service's PATH. It needs `nix-store` (to realise
-        and root store paths), and whatever an `external_builder` runs.
+        Packages put on the service's PATH before `nix` and `util-linux`
+        (which it always has: `nix-store` realises and roots store paths,
+        `mount`/`umount` probe overlayfs in a user namespace): another Nix,
+        or what an `external_builder` runs.
       '';
     };
 
@@ -79,16 +97,19 @@ rec {
     };
 
     configFile = mkOption {
-      type = types.nullOr types.path;
+      type = types.path;
+      default = tomlFormat.generate "nix-snapshotter.toml" cfg.settings;
+      defaultText = lib.literalMD "a file generated from `settings`";
       description = ''
-        The config.toml passed with `--config`. Defaults to a file
-        generated from `settings`; setting it makes `settings` unused.
+        The config.toml passed with `--config`. Setting it makes
+        `settings` unused.
       '';
     };
   };
 
-  # Options of services.preload-containerd(.rootless).
-  preloadOptions = {
+  # Options of services.preload-containerd(.rootless); `address` is the
+  # default containerd socket of the targets.
+  preloadOptions = address: {
     enable = lib.mkEnableOption "loading image archives into containerd at start-up";
 
     targets = mkOption {
@@ -107,7 +128,7 @@ rec {
           };
           address = mkOption {
             type = types.str;
-            default = defaultContainerdAddress;
+            default = address;
             description = "containerd's socket (expanded by the shell: `$XDG_RUNTIME_DIR/...` works).";
           };
           namespace = mkOption {
@@ -120,11 +141,30 @@ rec {
     };
   };
 
-  # Options shared by virtualisation.containerd and .rootless.
-  containerdOptions = {
+  # Options shared by virtualisation.containerd and .rootless; `package` is
+  # the containerd they run, `packageText` how the docs name it.
+  containerdOptions = { package, packageText }: {
     nixSnapshotterIntegration = lib.mkEnableOption ''
       nix-snapshotter: the `nix` proxy snapshotter, CRI and the transfer
-      service unpacking with it'';
+      service unpacking with it (on by default with nix-snapshotter)'';
+
+    gVisorIntegration = lib.mkEnableOption ''
+      gVisor: a `runsc` runtime for CRI (`runtime_handler` or RuntimeClass
+      handler `runsc`) and, with `--runtime io.containerd.runsc.v1`, for
+      ctr and nerdctl'';
+
+    configVersion = mkOption {
+      type = types.enum [ 2 3 ];
+      default = cc.versionFor package;
+      defaultText = lib.literalMD "3 when ${packageText} is containerd 2.x, 2 for containerd 1.7";
+      description = ''
+        The containerd config version the modules write: 3 (containerd
+        2.x) puts CRI's settings under `io.containerd.cri.v1.images` and
+        `io.containerd.cri.v1.runtime`, 2 (containerd 1.7) under
+        `io.containerd.grpc.v1.cri`. containerd 2.x also reads version 2
+        (it migrates the file in memory, warning at every start).
+      '';
+    };
 
     defaultRuntime = mkOption {
       type = types.str;
@@ -160,24 +200,23 @@ rec {
     };
   };
 
-  # containerd settings for the nix snapshotter at `address`.
-  nixSnapshotterContainerdSettings = address: {
-    proxy_plugins.nix = {
-      type = "snapshot";
-      inherit address;
-    };
-    plugins."io.containerd.grpc.v1.cri".containerd = {
-      snapshotter = "nix";
-      # CRI hands layer annotations (the store paths) to the snapshotter.
-      disable_snapshot_annotations = false;
-    };
-    # Transfer service (ctr images import --local=false, pulls,
-    # nix2container load): unpack with nix first, overlayfs as well.
-    plugins."io.containerd.transfer.v1.local".unpack_config = [
-      { platform = hostPlatform; snapshotter = "nix"; }
-      { platform = hostPlatform; snapshotter = "overlayfs"; }
-    ];
-  };
+  # Gives k3s configuration keys (`settings`, its flags without "--") through
+  # a drop-in of its configuration file, /etc/rancher/k3s/config.yaml.d/
+  # (k3s reads it after config.yaml), so services.k3s.extraFlags stays the
+  # user's in either of its forms (a string or a list). With configPath
+  # set, k3s reads the drop-ins beside that file, which may be read-only:
+  # the keys then become flags in extraFlags (a list).
+  k3sSettings = k3s: name: settings: lib.mkMerge [
+    (lib.mkIf (k3s.configPath == null) {
+      # JSON is YAML.
+      environment.etc."rancher/k3s/config.yaml.d/${name}.yaml".text = builtins.toJSON settings;
+    })
+    (lib.mkIf (k3s.configPath != null) {
+      services.k3s.extraFlags = lib.concatLists (lib.mapAttrsToList
+        (k: v: map (x: "--${lib.removeSuffix "+" k}=${x}") (lib.toList v))
+        settings);
+    })
+  ];
 
   # Shell lines exporting CONTAINERD_* defaults.
   containerdEnvInit = cfg:
@@ -209,8 +248,10 @@ rec {
     RestartSec = "2";
     # SIGTERM to the daemon (it lets calls finish), then SIGKILL to what is left.
     KillMode = "mixed";
-    StateDirectory = "nix-snapshotter";
+    # The socket's directory: only its owner (root, or the rootless user)
+    # may connect, as the daemon makes it when it creates it itself.
     RuntimeDirectory = "nix-snapshotter";
+    RuntimeDirectoryMode = "0700";
     # containerd keeps the socket path across daemon restarts.
     RuntimeDirectoryPreserve = "yes";
   };

@@ -29,9 +29,16 @@ rec {
       echo "containerd-nsenter: $pidfile is missing: is the rootless containerd running?" >&2
       exit 1
     fi
-    pid=$(cat "$pidfile")
+    pid=$(${pkgs.coreutils}/bin/cat "$pidfile")
     exec ${pkgs.util-linux}/bin/nsenter --no-fork --preserve-credentials \
       --mount --net --user --target "$pid" -- "$@"
+  '';
+
+  # runsc for a containerd in a user namespace: it cannot manage cgroups
+  # there (containerd runs with disable_cgroup), so runsc ignores them.
+  # First on containerd's PATH, so gVisor's shim runs it.
+  runscRootless = pkgs.writeShellScriptBin "runsc" ''
+    exec ${pkgs.gvisor}/bin/runsc --ignore-cgroups "$@"
   '';
 
   # Bind mounts sorted by mount point, so /etc/cni comes before /etc/cni/net.d.
@@ -135,10 +142,11 @@ rec {
         BindsTo = [ "containerd.service" ];
         PartOf = [ "containerd.service" ];
       };
-      Service = nsLib.snapshotterService // {
+      # The user's state directory holds the default root.
+      Service = nsLib.snapshotterService // lib.optionalAttrs (rootArgs != [ ]) { StateDirectory = "nix-snapshotter"; } // {
         ExecStart = "${nsenter}/bin/containerd-nsenter ${nsLib.snapshotterCommand cfg rootArgs}";
         Environment = [
-          "PATH=${lib.makeBinPath cfg.path}"
+          "PATH=${lib.makeBinPath (cfg.path ++ nsLib.requiredPath)}"
           # Inside the user namespace the daemon is uid 0, but the store
           # belongs to the real root: talk to the Nix daemon.
           "NIX_REMOTE=daemon"

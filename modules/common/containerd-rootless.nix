@@ -18,7 +18,10 @@ let
     '';
 in
 {
-  options.virtualisation.containerd.rootless = nsLib.containerdOptions // {
+  options.virtualisation.containerd.rootless = nsLib.containerdOptions {
+    inherit (cfg) package;
+    packageText = "`package`";
+  } // {
     enable = lib.mkEnableOption ''
       containerd as a user service under rootlesskit. Clients reach it at
       `$XDG_RUNTIME_DIR/containerd/containerd.sock`'';
@@ -77,9 +80,9 @@ in
         setAddress = lib.mkDefault "$XDG_RUNTIME_DIR/containerd/containerd.sock";
         args.config = "${checkedConfigFile}";
 
-        settings = {
-          version = 2;
-          plugins."io.containerd.grpc.v1.cri" = {
+        settings = lib.mkMerge [
+          (nsLib.cc.base { version = cfg.configVersion; inherit (cfg) defaultRuntime; })
+          (nsLib.cc.runtime cfg.configVersion {
             # No AppArmor profiles, cgroup controllers or OOM adjustments
             # for an unprivileged user.
             disable_apparmor = true;
@@ -89,12 +92,8 @@ in
               conf_dir = lib.mkDefault "/etc/cni/net.d";
               bin_dir = lib.mkDefault "${pkgs.cni-plugins}/bin";
             };
-            containerd = {
-              default_runtime_name = cfg.defaultRuntime;
-              runtimes.runc.runtime_type = lib.mkDefault "io.containerd.runc.v2";
-            };
-          };
-        };
+          })
+        ];
 
         bindMounts = {
           "$XDG_RUNTIME_DIR/containerd".mountPoint = "/run/containerd";
@@ -108,10 +107,18 @@ in
     (lib.mkIf cfg.nixSnapshotterIntegration {
       virtualisation.containerd.rootless = {
         setSnapshotter = lib.mkDefault "nix";
-        settings = nsLib.nixSnapshotterContainerdSettings
+        settings = nsLib.nixSnapshotterSettings cfg
           (config.services.nix-snapshotter.rootless.settings.address or nsLib.defaultAddress);
         # The snapshotter's socket directory, visible on the host too.
         bindMounts."$XDG_RUNTIME_DIR/nix-snapshotter".mountPoint = "/run/nix-snapshotter";
+      };
+    })
+
+    (lib.mkIf cfg.gVisorIntegration {
+      virtualisation.containerd.rootless = {
+        # runsc (through the shim) without cgroups, as containerd itself.
+        path = [ rl.runscRootless pkgs.gvisor ];
+        settings = nsLib.cc.gVisor { version = cfg.configVersion; };
       };
     })
   ]);

@@ -4,5 +4,6 @@ let
   nsLib = import ../lib.nix { inherit lib pkgs; };
 in
 {
-  options.services.preload-containerd.rootless = nsLib.preloadOptions;
+  # The rootless containerd (virtualisation.containerd.rootless) by default.
+  options.services.preload-containerd.rootless = nsLib.preloadOptions "$XDG_RUNTIME_DIR/containerd/containerd.sock";
 }

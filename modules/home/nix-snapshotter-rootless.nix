@@ -5,7 +5,7 @@ let
   cfg = config.services.nix-snapshotter.rootless;
 in
 {
-  imports = [ ../common/nix-snapshotter-rootless.nix ];
+  imports = [ ../common/nix-snapshotter-rootless.nix ./containerd-rootless.nix ];
 
   config = lib.mkIf cfg.enable {
     home.packages = [ cfg.package ];

@@ -7,9 +7,13 @@
 # `nix:0/nix/store/...-name.tar`. containerd, its k3s and nix-snapshotter
 # integration and nix-snapshotter are enabled by default then. Other
 # snapshotters are passed to k3s's embedded containerd (`--snapshotter`).
+#
+# Flags reach k3s through a drop-in of its configuration file (lib.nix,
+# k3sSettings).
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkDefault mkIf mkMerge mkOption types;
+  nsLib = import ../lib.nix { inherit lib pkgs; };
   cfg = config.services.k3s;
   ctrd = config.virtualisation.containerd;
   external = ctrd.enable && ctrd.k3sIntegration;
@@ -64,9 +68,8 @@ in
       }];
     })
 
-    (mkIf (!external) {
-      services.k3s.extraFlags = [ "--snapshotter ${cfg.snapshotter}" ];
-    })
+    # k3s's embedded containerd with the snapshotter asked for.
+    (mkIf (!external) (nsLib.k3sSettings cfg "50-nix-snapshotter-snapshotter" { inherit (cfg) snapshotter; }))
 
     {
       environment.extraInit =
@@ -75,9 +78,10 @@ in
             export KUBECONFIG="/etc/rancher/k3s/k3s.yaml"
           fi
         ''
-        + lib.optionalString cfg.setEmbeddedContainerd ''
+        # With k3sIntegration, containerd.nix exports these (for k8s.io).
+        + lib.optionalString (cfg.setEmbeddedContainerd && !external) ''
           if [ -z "''${CONTAINERD_ADDRESS-}" ]; then
-            export CONTAINERD_ADDRESS="${if external then ctrd.setAddress else "/run/k3s/containerd/containerd.sock"}"
+            export CONTAINERD_ADDRESS="/run/k3s/containerd/containerd.sock"
           fi
           if [ -z "''${CONTAINERD_NAMESPACE-}" ]; then
             export CONTAINERD_NAMESPACE="k8s.io"

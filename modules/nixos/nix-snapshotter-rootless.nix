@@ -7,7 +7,7 @@ let
   cfg = config.services.nix-snapshotter.rootless;
 in
 {
-  imports = [ ../common/nix-snapshotter-rootless.nix ];
+  imports = [ ../common/nix-snapshotter-rootless.nix ./containerd-rootless.nix ];
 
   config = lib.mkIf cfg.enable {
     systemd.user.services.nix-snapshotter = nsLib.toNixosUnit (rl.snapshotterUnit {

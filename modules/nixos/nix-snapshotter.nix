@@ -1,13 +1,22 @@
 # services.nix-snapshotter: the daemon as a system service, started before
 # containerd (see containerd.nix for containerd's side).
+#
+# `services.nix-snapshotter.enable = true` alone gives a working system:
+# containerd is enabled and integrated (both mkDefault, so either can be
+# turned off), and a configuration where nothing uses the snapshotter warns.
 { config, lib, pkgs, ... }:
 let
   nsLib = import ../lib.nix { inherit lib pkgs; };
   cfg = config.services.nix-snapshotter;
+  ctrd = config.virtualisation.containerd;
 in
 {
-  options.services.nix-snapshotter = nsLib.snapshotterOptions // {
-    enable = lib.mkEnableOption "nix-snapshotter, the containerd snapshotter for Nix store paths";
+  imports = [ ./containerd.nix ];
+
+  options.services.nix-snapshotter = nsLib.snapshotterOptions cfg // {
+    enable = lib.mkEnableOption ''
+      nix-snapshotter, the containerd snapshotter for Nix store paths (with
+      containerd enabled and integrated by default)'';
   };
 
   config = lib.mkIf cfg.enable {
@@ -16,10 +25,26 @@ in
         address = lib.mkDefault nsLib.defaultAddress;
         root = lib.mkDefault nsLib.defaultRoot;
         image_service.containerd_address =
-          lib.mkDefault (config.virtualisation.containerd.settings.grpc.address or nsLib.defaultContainerdAddress);
+          lib.mkDefault (ctrd.settings.grpc.address or nsLib.defaultContainerdAddress);
       };
-      configFile = lib.mkOptionDefault (nsLib.tomlFormat.generate "nix-snapshotter.toml" cfg.settings);
     };
+
+    virtualisation.containerd = {
+      enable = lib.mkDefault true;
+      nixSnapshotterIntegration = lib.mkDefault true;
+    };
+
+    warnings =
+      lib.optional (!ctrd.enable) ''
+        services.nix-snapshotter is enabled but virtualisation.containerd is
+        not: no containerd on this system uses the snapshotter.
+      ''
+      ++ lib.optional (ctrd.enable && !ctrd.nixSnapshotterIntegration) ''
+        services.nix-snapshotter is enabled but
+        virtualisation.containerd.nixSnapshotterIntegration is off:
+        containerd has no `nix` snapshotter unless its settings name the
+        proxy plugin themselves.
+      '';
 
     # The daemon's default --config location, for running it by hand.
     environment.etc."nix-snapshotter/config.toml".source = cfg.configFile;
@@ -33,7 +58,7 @@ in
         wantedBy = [ "multi-user.target" ];
         before = [ "containerd.service" ];
         after = [ "local-fs.target" ];
-        inherit (cfg) path;
+        path = cfg.path ++ nsLib.requiredPath;
         restartTriggers = [ cfg.configFile ];
         serviceConfig.ExecStart = nsLib.snapshotterCommand cfg [ ];
       }

@@ -6,7 +6,7 @@ let
   package = config.services.nix-snapshotter.package or nsLib.defaultPackage;
 in
 {
-  options.services.preload-containerd = nsLib.preloadOptions;
+  options.services.preload-containerd = nsLib.preloadOptions nsLib.defaultContainerdAddress;
 
   config = lib.mkIf (cfg.enable && cfg.targets != [ ]) {
     systemd.services.preload-containerd = lib.mkMerge [
