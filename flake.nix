@@ -1,7 +1,10 @@
 {
   description = "nix-snapshotter: a containerd snapshotter that runs containers straight from the Nix store";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+  # The current stable release. The modules and the package also work with
+  # nixos-24.11 (containerd 1.7): a flake using them may set
+  # `inputs.nix-snapshotter.inputs.nixpkgs.follows = "nixpkgs"` (docs/nix.md).
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = { self, nixpkgs }:
     let

@@ -52,10 +52,10 @@ rec {
       proxy_plugins.nix = {
         type = "snapshot";
         inherit address;
-      } // lib.optionalAttrs (version >= 3) {
         # containerd 2.x's Transfer service hands layer annotations (the
         # store paths) only to proxy snapshotters that export this
-        # (containerd docs/transfer.md; stargz-snapshotter docs/transfer.md).
+        # (containerd docs/transfer.md; stargz-snapshotter docs/transfer.md),
+        # whatever the file's version. containerd 1.7 reads it silently.
         exports.enable_remote_snapshot_annotations = "true";
       };
       # Transfer service: unpack with nix first, overlayfs as well.
@@ -80,6 +80,11 @@ rec {
   gVisor = { version }: runtime version {
     containerd.runtimes.runsc.runtime_type = "io.containerd.runsc.v1";
   };
+
+  # CRI's pause (sandbox) image.
+  sandboxImage = version: image:
+    if version >= 3 then { plugins."io.containerd.cri.v1.images".pinned_images.sandbox = image; }
+    else { plugins."io.containerd.grpc.v1.cri".sandbox_image = image; };
 
   # Where a version keeps a setting, for reading back what was rendered:
   # [ "plugins" "io.containerd.cri.v1.images" "snapshotter" ] etc.

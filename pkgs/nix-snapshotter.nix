@@ -54,7 +54,11 @@ let
 
     nodejs = nodejs_20;
     inherit npmDeps;
-    npmConfigHook = importNpmLock.npmConfigHook;
+    # importNpmLock's hook points node-gyp at the headers of the nodejs it
+    # was made with (npm_config_nodedir), nixpkgs' default nodejs unless
+    # overridden: native modules (better-sqlite3) must be compiled for the
+    # nodejs that runs them.
+    npmConfigHook = importNpmLock.npmConfigHook.override { nodejs = nodejs_20; };
 
     # node-gyp: python3 and a C/C++ toolchain (stdenv) for better-sqlite3
     # and unix-dgram; skip better-sqlite3's prebuilt-binary download.

@@ -2,13 +2,14 @@
 # importNpmLock.npmConfigHook, without a hash to keep in sync.
 #
 # nixpkgs' importNpmLock fetches each package from its lockfile `resolved`
-# URL. This repository's lockfile records no `resolved` URLs (only name,
-# version and integrity), so each tarball is fetched here by npm itself
-# (`npm pack NAME@VERSION`, from npm's configured registry) in a
-# fixed-output derivation whose hash is the lockfile's `integrity`. The
-# result has the layout importNpmLock produces: package.json and
-# package-lock.json with every dependency resolved to a `file:` tarball in
-# the store.
+# URL; a lockfile written with omit-lockfile-registry-resolved has none
+# (only name, version and integrity). Here each tarball is fetched by npm
+# itself in a fixed-output derivation whose hash is the lockfile's
+# `integrity`: `npm pack NAME@VERSION` from npm's (or `npmRegistry`'s)
+# registry for entries without `resolved` or resolved at the public
+# registry, `npm pack URL` for other http(s) tarball URLs. The result has
+# the layout importNpmLock produces: package.json and package-lock.json
+# with every dependency resolved to a `file:` tarball in the store.
 { lib
 , stdenvNoCC
 , runCommand
@@ -28,14 +29,23 @@ let
 
   storeName = s: lib.replaceStrings [ "@" "/" ] [ "" "-" ] s;
 
-  fetchTarball = name: module:
+  publicRegistry = "https://registry.npmjs.org/";
+
+  # What `npm pack` fetches for a lockfile entry.
+  packSpec = key: name: module:
+    let resolved = module.resolved or null; in
+    if resolved == null || lib.hasPrefix publicRegistry resolved then "${name}@${module.version}"
+    else if lib.hasPrefix "https://" resolved || lib.hasPrefix "http://" resolved then resolved
+    else throw "pkgs/npm-deps.nix: ${key} is resolved to ${resolved}; only registry packages and http(s) tarballs can be fetched";
+
+  fetchTarball = key: name: module:
     stdenvNoCC.mkDerivation {
       name = "${storeName name}-${module.version}.tgz";
       nativeBuildInputs = [ nodejs ];
       outputHash = module.integrity;
       outputHashMode = "flat";
       impureEnvVars = lib.fetchers.proxyImpureEnvVars;
-      spec = "${name}@${module.version}";
+      spec = packSpec key name module;
       registryFlag = lib.optionalString (npmRegistry != null) "--registry=${npmRegistry}";
       buildCommand = ''
         export HOME="$TMPDIR"
@@ -57,11 +67,9 @@ let
 
   tarballs = lib.mapAttrs
     (key: module:
-      if module ? resolved then
-        throw "pkgs/npm-deps.nix: ${key} has a resolved URL; this builder expects a lockfile without them (omit-lockfile-registry-resolved)"
-      else if !(module ? integrity) then
+      if !(module ? integrity) then
         throw "pkgs/npm-deps.nix: ${key} has no integrity in package-lock.json"
-      else fetchTarball (packageName key) module)
+      else fetchTarball key (packageName key) module)
     (lib.filterAttrs fetched packageLock.packages);
 
   packages = lib.mapAttrs

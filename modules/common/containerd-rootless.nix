@@ -86,8 +86,9 @@ in
             # No AppArmor profiles, cgroup controllers or OOM adjustments
             # for an unprivileged user.
             disable_apparmor = true;
-            disable_cgroup = true;
             restrict_oom_score_adj = true;
+            # containerd 2.x has no such key (2.1.9 ignores it, warning).
+            disable_cgroup = lib.mkIf (cfg.configVersion < 3) true;
             cni = {
               conf_dir = lib.mkDefault "/etc/cni/net.d";
               bin_dir = lib.mkDefault "${pkgs.cni-plugins}/bin";

@@ -42,6 +42,7 @@ in
     services.openssh.enable = true;
     networking.firewall.allowedTCPPorts = [ 22 ];
 
-    system.stateVersion = "24.11";
+    # A throwaway VM: always first installed with the release it runs.
+    system.stateVersion = lib.trivial.release;
   };
 }

@@ -2,15 +2,17 @@
  * The Nix side of the project (flake.nix, pkgs/, modules/): every .nix file
  * parses; pkgs/buildImage.nix builds real images with real Nix (a small
  * package set, test/nix-eval/mini-pkgs.nix, stands in for nixpkgs, with the
- * compiled nix2container); and, given a checkout of nixpkgs' lib in
- * NIXPKGS_LIB, every module evaluates with enable = true and generates
- * configs that the daemon's config loader and containerd accept.
+ * compiled nix2container); and, with the nixpkgs and Home Manager sources of
+ * nixos-24.11 and nixos-26.05 in NIX_SOURCES, the NixOS and Home Manager
+ * modules evaluate against their real option declarations, every command of
+ * every generated unit and script resolves, and each era's containerd (1.7,
+ * 2.x) and the daemon read the configuration files generated for them.
  */
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { stringify as tomlStringify } from "smol-toml";
+import { parse as parseToml } from "smol-toml";
 import t from "tap";
 import { applyToml, defaultConfig } from "../../src/config/config.js";
 import { readImageArchive } from "../../src/image/archive.js";
@@ -18,13 +20,14 @@ import { REPO } from "../lib/daemon.js";
 import { nonce } from "../lib/nix.js";
 import { have, requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
+import { CommandChecker } from "../lib/unit-commands.js";
 
 const run = promisify(execFile);
 const NIX_EVAL = path.join(REPO, "test/nix-eval");
 const CHECK = path.join(NIX_EVAL, "check.sh");
 const IMAGES = path.join(NIX_EVAL, "images.nix");
 const NIX2CONTAINER = path.join(REPO, "build/src/cli/nix2container.js");
-const MODULES_SKIP = "module evaluation needs NIXPKGS_LIB (a checkout of nixpkgs' lib)";
+const MODULES_SKIP = "module evaluation needs NIX_SOURCES (the nixpkgs and Home Manager sources, see test/nix-eval/harness.nix)";
 
 const LAYER = "containerd.io/snapshot/nix-layer";
 const PATH_LABEL = "containerd.io/snapshot/nix-store-path.";
@@ -202,71 +205,162 @@ if (requireOrSkip(t, { commands: ["nix-build", "nix-instantiate", "nix-store"] }
     });
   });
 
-  const nixpkgsLib = process.env["NIXPKGS_LIB"];
-  if (!nixpkgsLib) console.log(`SKIP: ${MODULES_SKIP}`);
+  // The module evaluation runs against the nixpkgs and Home Manager sources
+  // in NIX_SOURCES (.ci/run sets it); CI must never skip it.
+  const sources = process.env["NIX_SOURCES"];
+  const modulesSkip = sources ? false : MODULES_SKIP;
+  if (!sources) {
+    if (process.env["CI"] === "true") t.fail(`CI: ${MODULES_SKIP}`);
+    else console.log(`SKIP: ${MODULES_SKIP}`);
+  }
 
-  t.test("modules evaluate with nixpkgs' lib", { skip: nixpkgsLib ? false : MODULES_SKIP }, async (t) => {
+  t.test("modules evaluate against the nixpkgs and Home Manager sources of 24.11 and 26.05", { skip: modulesSkip }, async (t) => {
     const evalJson = async (file: string, attr: string) =>
       JSON.parse(
-        await sh("nix-instantiate", ["--eval", "--strict", "--json", "--read-write-mode", path.join(NIX_EVAL, file), "--arg", "nixpkgsLib", nixpkgsLib!, "-A", attr]),
+        await sh("nix-instantiate", ["--eval", "--strict", "--json", "--read-write-mode", path.join(NIX_EVAL, file), "--arg", "sources", sources!, "-A", attr], {
+          NIX_SOURCES: sources!,
+        }),
       ) as unknown;
 
     t.test("check.sh modules", async (t) => {
-      const out = await sh("bash", [CHECK, "modules"], { NIXPKGS_LIB: nixpkgsLib! });
-      t.match(out, /^ok: eval-modules\.nix: \d+ checks hold$/m);
-      t.match(out, /^ok: eval-package\.nix: \d+ checks hold$/m);
-      t.match(out, /^ok: eval-flake\.nix: \d+ checks hold$/m);
-      t.match(out, /^ok: eval-tests\.nix: \d+ checks hold$/m);
+      const out = await sh("bash", [CHECK, "modules"], { NIX_SOURCES: sources! });
+      for (const f of ["eval-modules", "eval-tests", "eval-package", "eval-flake"]) {
+        t.match(out, new RegExp(`^ok: ${f}\\.nix: \\d+ checks hold$`, "m"), `${f}.nix`);
+      }
       t.notMatch(out, /FAIL|SKIP/);
     });
 
-    t.test("module checks", async (t) => {
-      t.same(await evalJson("eval-modules.nix", "failures"), [], "no failed check");
-      t.ok((await evalJson("eval-modules.nix", "checks")) as number > 100, "over a hundred checks ran");
+    t.test("without the sources, check.sh fails in CI and skips elsewhere", async (t) => {
+      const env = { ...process.env, NIX_SOURCES: "" };
+      const ci = await run("bash", [CHECK, "modules"], { env: { ...env, CI: "true" } }).then(
+        () => "exit 0",
+        (e: { stdout?: string; code?: number }) => `exit ${e.code}: ${e.stdout ?? ""}`,
+      );
+      t.match(ci, /^exit 1: FAIL: modules: NIX_SOURCES is not set/);
+      const { stdout } = await run("bash", [CHECK, "modules"], { env: { ...env, CI: "" } });
+      t.match(stdout, /^SKIP: module evaluation needs NIX_SOURCES/);
     });
 
-    t.test("package checks", async (t) => {
-      t.same(await evalJson("eval-package.nix", "failures"), [], "no failed check");
+    t.test("module, test, package and flake checks", async (t) => {
+      t.same(await evalJson("eval-modules.nix", "failures"), [], "modules: no failed check");
+      t.ok((await evalJson("eval-modules.nix", "checks")) as number > 500, "modules: over 500 checks ran");
+      t.same(await evalJson("eval-tests.nix", "failures"), [], "NixOS tests: no failed check");
+      t.same(await evalJson("eval-package.nix", "failures"), [], "package: no failed check");
+      t.same(await evalJson("eval-flake.nix", "failures"), [], "flake outputs: no failed check");
     });
 
-    t.test("flake outputs and default.nix", async (t) => {
-      t.same(await evalJson("eval-flake.nix", "failures"), [], "no failed check");
+    const report = (await evalJson("eval-modules.nix", "report")) as Record<string, EraReport>;
+
+    t.test("every command of every unit and script resolves", async (t) => {
+      for (const [era, r] of Object.entries(report)) {
+        for (const [name, c] of Object.entries(r.configurations)) {
+          const checker = new CommandChecker();
+          const units = { ...c.units, ...Object.fromEntries(Object.entries(c.userUnits).map(([n, u]) => [`user ${n}`, u])) };
+          t.ok(Object.keys(units).length > 0, `${era} ${name}: has units`);
+          for (const [unit, text] of Object.entries(units)) {
+            checker.checkUnit(unit, text);
+            if (/\/bin\/nix-snapshotter /.test(text)) checker.requireOnPath(unit, text, ["nix-store", "mount", "umount"]);
+          }
+          t.same(checker.problems, [], `${era} ${name}: every command resolves`);
+        }
+      }
     });
 
-    t.test("NixOS test nodes and scripts", async (t) => {
-      t.same(await evalJson("eval-tests.nix", "failures"), [], "no failed check");
+    t.test("the checker finds a missing command", async (t) => {
+      // The rootless unit as it was: nsenter's `cat` on a PATH of nix only.
+      const c = report["24.11"]!.configurations["rlOneLine"]!;
+      const checker = new CommandChecker();
+      const unit = c.userUnits["nix-snapshotter.service"]!;
+      const nsenter = /(\/nix\/store\/[0-9a-z]{32}-containerd-nsenter)\/bin/.exec(unit)![1]!;
+      const text = (JSON.parse(readFileSync(nsenter, "utf8")) as { scripts: Record<string, string> }).scripts["containerd-nsenter"]!;
+      checker.checkScript("nsenter", "probe", text.replace(/\/nix\/store\/[0-9a-z]{32}-coreutils\/bin\/cat/, "cat"), []);
+      t.match(checker.problems, [{ message: /^cat is not on its PATH/ }]);
+      const checker2 = new CommandChecker();
+      checker2.requireOnPath("snapshotter", 'Environment="PATH=/nix/store/00000000000000000000000000000000-x/bin"', ["mount"]);
+      t.equal(checker2.problems.length, 1, "a daemon without mount on its PATH is found");
     });
-
-    const generated = (await evalJson("eval-modules.nix", "generated")) as {
-      nixSnapshotter: Record<string, Record<string, unknown>>;
-      containerd: Record<string, string>;
-    };
 
     t.test("the generated config.toml files are accepted by the daemon", async (t) => {
-      for (const [name, doc] of Object.entries(generated.nixSnapshotter)) {
-        // Through TOML and back, as the daemon reads it.
-        const cfg = applyToml(defaultConfig(), JSON.parse(JSON.stringify(doc)) as Record<string, unknown>, `${name}.toml`);
-        t.equal(cfg.address, doc["address"] ?? defaultConfig().address, `${name}: address`);
-        t.ok(tomlStringify(doc).length > 0, `${name}: renders as TOML`);
+      for (const [era, r] of Object.entries(report)) {
+        for (const [name, c] of Object.entries(r.configurations)) {
+          if (c.snapshotterToml === null) continue;
+          const doc = parseToml(c.snapshotterToml) as Record<string, unknown>;
+          const cfg = applyToml(defaultConfig(), doc, `${era}-${name}.toml`);
+          t.equal(cfg.address, (doc["address"] as string | undefined) ?? defaultConfig().address, `${era} ${name}: address`);
+        }
       }
-      const custom = applyToml(defaultConfig(), generated.nixSnapshotter["custom"]!, "custom.toml");
-      t.equal(custom.externalBuilder, "/etc/nix-snapshotter/builder");
-      t.equal(custom.imageService.enable, false);
+      const custom = report["26.05"]!.configurations["custom"]!;
+      const cfg = applyToml(defaultConfig(), parseToml(custom.snapshotterToml!) as Record<string, unknown>, "custom.toml");
+      t.equal(cfg.externalBuilder, "/etc/nix-snapshotter/builder");
+      t.equal(cfg.imageService.enable, false);
     });
 
-    const containerdSkip = have("containerd") ? false : "needs containerd on PATH";
-    t.test("the generated containerd configs are accepted by containerd", { skip: containerdSkip }, async (t) => {
-      const tmp = tempDir("nix-files-containerd-");
-      t.teardown(() => tmp.cleanup());
-      for (const [name, json] of Object.entries(generated.containerd)) {
-        const file = path.join(tmp.path, `${name}.toml`);
-        writeFileSync(file, tomlStringify(JSON.parse(json) as Record<string, unknown>));
-        const dump = await sh("containerd", ["--config", file, "config", "dump"]);
-        t.match(dump, /\[proxy_plugins\.nix\]/, `${name}: proxy plugin nix`);
-        t.match(dump, /address = "\/run\/nix-snapshotter\/nix-snapshotter\.sock"/, `${name}: at the snapshotter's socket`);
-        t.match(dump, /snapshotter = "nix"/, `${name}: CRI snapshotter nix`);
-        t.match(dump, /disable_snapshot_annotations = false/, `${name}: annotations reach the snapshotter`);
+    t.test("k3s drop-ins are YAML k3s reads", async (t) => {
+      for (const [era, r] of Object.entries(report)) {
+        const etc = r.configurations["k3sNix"]!.etc;
+        const dropIn = JSON.parse(etc["rancher/k3s/config.yaml.d/50-nix-snapshotter-containerd.yaml"]!) as Record<string, unknown>;
+        t.same(dropIn, {
+          "container-runtime-endpoint": "unix:///run/containerd/containerd.sock",
+          "kubelet-arg+": ["image-service-endpoint=unix:///run/nix-snapshotter/nix-snapshotter.sock"],
+        }, `${era}: k3s on containerd, nix-snapshotter as image service`);
       }
     });
+
+    // Each era's containerd reads its configuration: 1.7 (the system's) for
+    // 24.11, 2.x (unpacked under build/containerd-2 by scripts/setup.sh) for
+    // 26.05.
+    const containerd2 = path.join(REPO, "build/containerd-2/usr/bin/containerd");
+    const binaryFor = (major: number): string | undefined =>
+      major >= 2 ? (existsSync(containerd2) ? containerd2 : undefined) : have("containerd") ? "containerd" : undefined;
+    for (const era of ["24.11", "26.05"]) {
+      const major = Number((report[era]?.containerdVersion ?? "0").split(".")[0]);
+      const bin = binaryFor(major);
+      const skip = bin ? false : major >= 2 ? `needs containerd 2.x at ${containerd2}` : "needs containerd on PATH";
+      if (skip) console.log(`SKIP: ${era} containerd configs: ${skip}`);
+      t.test(`${era}: the rendered containerd configs are read by containerd ${major}.x`, { skip }, async (t) => {
+        const version = (await sh(bin!, ["--version"])).trim();
+        t.comment(version);
+        t.match(version, new RegExp(` v?${major}\\.`), `it is containerd ${major}.x`);
+        const tmp = tempDir("nix-files-containerd-");
+        t.teardown(() => tmp.cleanup());
+        for (const [name, c] of Object.entries(report[era]!.configurations)) {
+          for (const [which, toml] of [["rootful", c.containerdToml], ["rootless", c.rootlessContainerdToml]] as const) {
+            if (toml === null) continue;
+            const file = path.join(tmp.path, `${name}-${which}.toml`);
+            writeFileSync(file, toml);
+            const { stdout: dump, stderr } = await run(bin!, ["--config", file, "config", "dump"], BIG);
+            const label = `${era} ${name} (${which})`;
+            t.match(dump, /\[proxy_plugins\.nix\]/, `${label}: proxy plugin nix`);
+            t.match(dump, /address = ['"]\/run\/(nix-snapshotter|custom)\/[a-z-]+\.sock['"]/, `${label}: at the snapshotter's socket`);
+            t.match(dump, /snapshotter = ['"]nix['"]/, `${label}: CRI snapshotter nix`);
+            t.match(dump, /disable_snapshot_annotations = false/, `${label}: annotations reach the snapshotter`);
+            t.match(dump, /enable_remote_snapshot_annotations = ['"]true['"]/, `${label}: the Transfer service hands annotations to the proxy`);
+            if (major >= 2 && name !== "version2") {
+              t.notMatch(stderr, /migrat/i, `${label}: a version 3 file, nothing to migrate`);
+              // nixpkgs' own module still writes version 2 keys (its CNI
+              // bin_dir default and an empty `containerd` table under
+              // io.containerd.grpc.v1.cri); containerd 2.x ignores them with
+              // a warning, and reads the CNI default the modules add in
+              // version 3 form. No key of the modules' own may be ignored.
+              const unknown = [...stderr.matchAll(/Ignoring unknown key.*key=(\S+) plugin=(\S+)/g)].map((m) => `${m[2]} ${m[1]}`);
+              const nixpkgsOwn = ["io.containerd.grpc.v1.cri cni", "io.containerd.grpc.v1.cri containerd"];
+              t.same(unknown.filter((k) => !nixpkgsOwn.includes(k)), [], `${label}: no other ignored keys`);
+            }
+          }
+        }
+      });
+    }
   });
+}
+
+interface EraReport {
+  containerdVersion: string;
+  configurations: Record<string, {
+    units: Record<string, string>;
+    userUnits: Record<string, string>;
+    containerdToml: string | null;
+    rootlessContainerdToml: string | null;
+    snapshotterToml: string | null;
+    etc: Record<string, string>;
+  }>;
 }

@@ -7,13 +7,15 @@
 #   images   pkgs/buildImage.nix builds the fixture images of images.nix for
 #            real (mini-pkgs.nix, the compiled nix2container in build/), and a
 #            rebuild (nix-build --check) gives identical archives
-#   modules  with NIXPKGS_LIB (a checkout of nixpkgs' lib: the directory
-#            holding lib/), evaluates every NixOS and Home Manager module
-#            with enable = true against stubbed options and packages
-#            (eval-modules.nix), the package expression (eval-package.nix)
-#            flake.nix's outputs and default.nix with a stand-in nixpkgs
-#            (eval-flake.nix), and the NixOS tests' node configurations and
-#            scripts (eval-tests.nix); without it, prints a SKIP line
+#   modules  with NIX_SOURCES (the nixpkgs and Home Manager sources of
+#            nixos-24.11 and nixos-26.05: nixpkgs' lib, the NixOS modules the
+#            project's modules meet, Home Manager; see harness.nix), evaluates
+#            every NixOS and Home Manager configuration against their real
+#            option declarations (eval-modules.nix), the NixOS tests' nodes
+#            and scripts (eval-tests.nix), the package expression
+#            (eval-package.nix) and flake.nix's outputs and default.nix
+#            (eval-flake.nix). Without NIX_SOURCES it prints a SKIP line, but
+#            in CI (CI=true) that is a failure: CI must check the modules.
 #
 # Prints "ok: ...", "FAIL: ..." or "SKIP: ..." lines; exits 1 on a failure.
 # Needs nix-instantiate and nix-build (sandbox = false for images: the
@@ -69,19 +71,23 @@ check_images() {
 }
 
 check_modules() {
-  if [ -z "${NIXPKGS_LIB:-}" ]; then
-    echo "SKIP: module evaluation needs NIXPKGS_LIB (a checkout of nixpkgs' lib)"
+  if [ -z "${NIX_SOURCES:-}" ]; then
+    if [ "${CI:-}" = true ]; then
+      fail "modules: NIX_SOURCES is not set; CI must evaluate the modules (.ci/run sets it to ../shared/nix-sources)"
+    else
+      echo "SKIP: module evaluation needs NIX_SOURCES (the nixpkgs and Home Manager sources, see test/nix-eval/harness.nix)"
+    fi
     return
   fi
-  if [ ! -f "$NIXPKGS_LIB/lib/default.nix" ]; then
-    fail "modules: NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix"
+  if [ ! -f "$NIX_SOURCES/nixpkgs/lib/default.nix" ] || [ ! -f "$NIX_SOURCES/current/nixpkgs/lib/default.nix" ]; then
+    fail "modules: NIX_SOURCES=$NIX_SOURCES lacks nixpkgs/lib or current/nixpkgs/lib"
     return
   fi
   local f out n
-  export NIXPKGS_LIB
-  for f in eval-modules.nix eval-package.nix eval-flake.nix eval-tests.nix; do
+  export NIX_SOURCES
+  for f in eval-modules.nix eval-tests.nix eval-package.nix eval-flake.nix; do
     if ! out=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" \
-                 --arg nixpkgsLib "$NIXPKGS_LIB" -A failures 2>&1); then
+                 --arg sources "$NIX_SOURCES" -A failures 2>&1); then
       fail "$f: evaluation failed: $out"
       continue
     fi
@@ -90,7 +96,7 @@ check_modules() {
       fail "$f: $out"
       continue
     fi
-    n=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" --arg nixpkgsLib "$NIXPKGS_LIB" -A checks 2>/dev/null | grep -v '^trace: ')
+    n=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" --arg sources "$NIX_SOURCES" -A checks 2>/dev/null | grep -v '^trace: ')
     echo "ok: $f: $n checks hold"
   done
 }

@@ -1,14 +1,15 @@
 # Evaluates flake.nix's outputs and default.nix without flakes and without
 # nixpkgs: flake.nix is imported as a plain file and its `outputs` called
-# with a stand-in nixpkgs input (fake-nixpkgs/, lib from NIXPKGS_LIB).
+# with a stand-in nixpkgs input (fake-nixpkgs/: standins.nix with the lib
+# of the 24.11 sources).
 #
-#   NIXPKGS_LIB=... nix-instantiate --eval --strict --json --read-write-mode \
-#     test/nix-eval/eval-flake.nix --arg nixpkgsLib "$NIXPKGS_LIB"
+#   NIX_SOURCES=... nix-instantiate --eval --strict --json --read-write-mode \
+#     test/nix-eval/eval-flake.nix --arg sources "$NIX_SOURCES"
 #
 # Result: { failures = [ "message", ... ]; checks = N; }
-{ nixpkgsLib }:
+{ sources }:
 let
-  lib = import (nixpkgsLib + "/lib");
+  lib = import (sources + "/nixpkgs/lib");
 
   # lib.nixosSystem comes from nixpkgs' flake, not from lib/.
   nixosSystem = args: {
@@ -87,8 +88,11 @@ let
     (eq "default.nix package" nonFlake.nix-snapshotter.name "nix-snapshotter-0.1.0")
     (eq "flake.lock pins nixpkgs"
       (builtins.fromJSON (builtins.readFile ../../flake.lock)).nodes.nixpkgs.original
-      { type = "github"; owner = "NixOS"; repo = "nixpkgs"; ref = "nixos-24.11"; })
-    (eq "flake input" flake.inputs.nixpkgs.url "github:NixOS/nixpkgs/nixos-24.11")
+      { type = "github"; owner = "NixOS"; repo = "nixpkgs"; ref = "nixos-26.05"; })
+    (ok "flake.lock: a full revision and an SRI narHash"
+      (let l = (builtins.fromJSON (builtins.readFile ../../flake.lock)).nodes.nixpkgs.locked;
+      in builtins.match "[0-9a-f]{40}" l.rev != null && builtins.match "sha256-[A-Za-z0-9+/]{43}=" l.narHash != null))
+    (eq "flake input" flake.inputs.nixpkgs.url "github:NixOS/nixpkgs/nixos-26.05")
   ];
 in
 {

@@ -105,7 +105,7 @@ let
           (eq "${name}: default runtime" (at (cc.runtimePath version ++ [ "containerd" "default_runtime_name" ]) toml) "runc")
           (eq "${name}: proxy plugin exports (Transfer service annotations)"
             (at [ "proxy_plugins" "nix" "exports" "enable_remote_snapshot_annotations" ] toml)
-            (if version >= 3 then "true" else null))
+            "true")
         ]
         ++ lib.optionals (version >= 3) [
           (lib.head (ok "${name}: no version-2 CRI image keys in a version 3 file"
@@ -389,7 +389,7 @@ let
             };
             homeReport = cfg: {
               units = { };
-              userUnits = lib.mapAttrs' (n: _: lib.nameValuePair (lib.removePrefix "systemd/user/" n) (hmUnitText cfg n))
+              userUnits = lib.mapAttrs' (n: _: lib.nameValuePair (lib.removePrefix "systemd/user/" n) (hmUnitText cfg (lib.removePrefix "systemd/user/" n)))
                 (lib.filterAttrs (n: _: lib.hasPrefix "systemd/user/" n && lib.hasSuffix ".service" n && !lib.hasInfix ".wants/" n) cfg.xdg.configFile);
               containerdToml = null;
               rootlessContainerdToml = builtins.readFile (builtins.head (builtins.match ".*ln -s (/nix/store/[^ ]+) .*"

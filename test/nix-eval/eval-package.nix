@@ -1,23 +1,27 @@
 # Evaluates pkgs/nix-snapshotter.nix (and pkgs/npm-deps.nix) with nixpkgs'
 # lib and stand-in builders that return their arguments, and checks the
-# derivation attributes and the npm dependency lock it would install from.
+# derivation attributes, the npm dependency lock it would install from
+# (lockfile entries with and without `resolved` URLs), and that every npm
+# package's `engines.node` admits the nodejs_20 of the pinned nixpkgs
+# (26.05: standins.nix).
 #
 #   nix-instantiate --eval --strict --json --read-write-mode \
-#     test/nix-eval/eval-package.nix --arg nixpkgsLib "$NIXPKGS_LIB"
+#     test/nix-eval/eval-package.nix --arg sources "$NIX_SOURCES" -A failures
 #
 # Result: { failures = [ "message", ... ]; checks = N; }
-{ nixpkgsLib }:
+{ sources }:
 let
-  lib = import (nixpkgsLib + "/lib");
-  stubs = import ./stubs.nix { inherit lib; };
-  inherit (stubs) storePath;
+  h = import ./harness.nix { inherit sources; era = "26.05"; };
+  inherit (h) lib;
+  storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
 
   fakeDrv = name: { type = "derivation"; inherit name; outPath = storePath name; };
 
   args = {
     inherit lib;
     buildNpmPackage = a: fakeDrv "${a.pname}-${a.version}" // { args = a; } // a.passthru;
-    importNpmLock = { npmConfigHook = fakeDrv "npm-config-hook"; };
+    # As nixpkgs: the hook is made overridable by callPackages.
+    importNpmLock = { npmConfigHook = fakeDrv "npm-config-hook" // { override = a: fakeDrv "npm-config-hook-${a.nodejs.name}"; }; };
     stdenvNoCC.mkDerivation = a: fakeDrv a.name // { args = a; };
     runCommand = name: env: script: fakeDrv name // { inherit env script; } // (env.passthru or { });
     nodejs_20 = fakeDrv "nodejs-20";
@@ -70,11 +74,79 @@ let
     ++ eq "${k}: default registry" t.registryFlag ""
     ++ eq "${k}: registry override" withRegistry.npmDeps.tarballs.${k}.args.registryFlag "--registry=https://npm.example.test";
 
+  # --- lockfile entries with `resolved` URLs ----------------------------
+
+  depsArgs = { inherit lib; inherit (args) stdenvNoCC runCommand; nodejs = args.nodejs_20; };
+  withResolved = resolvedFor: import ../../pkgs/npm-deps.nix depsArgs {
+    npmRoot = ../..;
+    packageLock = lock // {
+      packages = lib.mapAttrs (k: m: if k == "" || !(m ? version) || m.link or false || m.inBundle or false then m else m // { resolved = resolvedFor k m; }) lock.packages;
+    };
+  };
+  registryResolved = withResolved (k: m: "https://registry.npmjs.org/${nameOf k}/-/${lib.last (lib.splitString "/" (nameOf k))}-${m.version}.tgz");
+  tarballResolved = withResolved (k: m: "https://tarballs.example.test/${nameOf k}-${m.version}.tgz");
+  fileResolved = withResolved (k: m: "file:vendor/${nameOf k}.tgz");
+  yargsKey = "node_modules/yargs";
+  resolvedChecks = lib.concatLists [
+    (eq "resolved at the registry: npm pack NAME@VERSION" registryResolved.tarballs.${yargsKey}.args.spec "yargs@${lock.packages.${yargsKey}.version}")
+    (eq "resolved at the registry: same fixed-output hash" registryResolved.tarballs.${yargsKey}.args.outputHash lock.packages.${yargsKey}.integrity)
+    (eq "resolved to another tarball URL: npm pack URL" tarballResolved.tarballs.${yargsKey}.args.spec "https://tarballs.example.test/yargs-${lock.packages.${yargsKey}.version}.tgz")
+    (ok "resolved lock: every entry points at a store tarball"
+      (lib.all (k: lib.hasPrefix "file:/nix/store/" ((builtins.fromJSON registryResolved.env.packageLockJson).packages.${k}.resolved or "file:/nix/store/"))
+        fetchedKeys))
+    (ok "resolved to a file: refused with a message" (!(builtins.tryEval (builtins.deepSeq fileResolved.tarballs.${yargsKey}.args.spec true)).success))
+  ];
+
+  # --- engines.node of every npm package admits the pinned nodejs_20 -----
+
+  # A subset of npm's semver ranges, enough for the lockfile: "||"
+  # alternatives of space-separated comparators (>=, >, <=, <, =, ^, ~,
+  # x-ranges such as "20", "20.x", "10.*", "*").
+  nodeVersion = h.pkgs.nodejs_20.version;
+  parts = v: map lib.toInt (lib.take 3 (lib.splitString "." v ++ [ "0" "0" ]));
+  cmp = a: b: builtins.compareVersions (lib.concatMapStringsSep "." toString (parts a)) (lib.concatMapStringsSep "." toString (parts b));
+  partial = v: lib.filter (x: x != "x" && x != "*" && x != "X") (lib.splitString "." v);
+  bump = xs: i: lib.concatMapStringsSep "." toString (lib.imap0 (j: x: if j < i then lib.toInt x else if j == i then lib.toInt x + 1 else 0) (xs ++ [ "0" "0" ]));
+  comparator = c: v:
+    let
+      m = builtins.match "(>=|<=|>|<|=|\\^|~)?(.*)" c;
+      op = builtins.elemAt m 0;
+      xs = partial (builtins.elemAt m 1);
+      base = lib.concatStringsSep "." xs;
+      n = builtins.length xs;
+    in
+    if xs == [ ] then true
+    else if op == ">=" then cmp v base >= 0
+    else if op == ">" then cmp v base > 0
+    else if op == "<=" then cmp v base <= 0
+    else if op == "<" then cmp v base < 0
+    else if op == "^" then cmp v base >= 0 && cmp v (bump xs (if builtins.head xs != "0" || n == 1 then 0 else 1)) < 0
+    else if op == "~" then cmp v base >= 0 && cmp v (bump xs (if n == 1 then 0 else 1)) < 0
+    else if n == 3 then cmp v base == 0
+    else cmp v base >= 0 && cmp v (bump xs (n - 1)) < 0;
+  satisfies = range: v:
+    lib.any
+      (alt: lib.all (c: comparator c v) (lib.filter (c: c != "") (lib.splitString " "
+        (lib.replaceStrings [ ">= " "<= " "> " "< " "^ " "~ " "= " ] [ ">=" "<=" ">" "<" "^" "~" "=" ] (lib.trim alt)))))
+      (lib.splitString "||" range);
+  enginesOf = lib.filterAttrs (_: r: r != null) (lib.mapAttrs (_: m: m.engines.node or null) lock.packages);
+  enginesChecks = lib.concatLists [
+    (ok "semver: ^20.19.0 refuses 20.18.1" (!satisfies "^20.19.0 || ^22.12.0 || >=23" "20.18.1"))
+    (ok "semver: ^20.19.0 admits 20.20.2" (satisfies "^20.19.0 || ^22.12.0 || >=23" "20.20.2"))
+    (ok "semver: 20.x || 22.x admits 20.1.0" (satisfies "20.x || 22.x" "20.1.0"))
+    (ok "semver: >=16 || 14 >=14.17 refuses 14.1.0" (!satisfies ">=16 || 14 >=14.17" "14.1.0"))
+    (ok "semver: 6.* || 8.* || >= 10.* admits 20.0.0" (satisfies "6.* || 8.* || >= 10.*" "20.0.0"))
+    (eq "every npm package admits nodejs_20 ${nodeVersion} of the pinned nixpkgs"
+      (lib.attrNames (lib.filterAttrs (_: r: !satisfies r nodeVersion) enginesOf)) [ ])
+  ];
+
   checks = lib.concatLists [
+    resolvedChecks
+    enginesChecks
     (eq "pname" a.pname "nix-snapshotter")
     (eq "version" a.version packageJson.version)
     (eq "nodejs" a.nodejs.name "nodejs-20")
-    (eq "npmConfigHook" a.npmConfigHook.name "npm-config-hook")
+    (eq "npmConfigHook made with the package's nodejs (native modules' headers)" a.npmConfigHook.name "npm-config-hook-nodejs-20")
     (ok "python3 for node-gyp" (builtins.elem args.python3 a.nativeBuildInputs))
     (ok "makeWrapper" (builtins.elem args.makeWrapper a.nativeBuildInputs))
     (eq "npm build script" a.npmBuildScript "build")

@@ -23,13 +23,15 @@ let
 
   inherit (lib) mkOption types;
 
-  # The versions that matter to the modules (containerd's major version
-  # selects config version 2 or 3). Sources: nixpkgs' containerd package is
-  # 1.7.x on the 24.11 branch and 2.x since 25.05; the Go nix-snapshotter
-  # package is 0.2.x on 24.11 and 0.3.0 today.
+  # The versions that matter: containerd's major version selects config
+  # version 2 or 3; nodejs_20 must satisfy the npm dependencies' engines.
+  # 24.11 carries containerd 1.7.x and the Go nix-snapshotter 0.2.x; the
+  # 26.05-cycle versions are those of Swarsel/nixpkgs@4aa6836a (one of the
+  # 26.05-cycle trees the sources' README cross-checks against):
+  # containerd 2.3.1, nodejs 20.20.2; nixpkgs' Go nix-snapshotter is 0.3.0.
   versions = {
-    "24.11" = { containerd = "1.7.23"; nix-snapshotter-go = "0.2.1"; nodejs_20 = "20.18.1"; };
-    "26.05" = { containerd = "2.1.4"; nix-snapshotter-go = "0.3.0"; nodejs_20 = "20.19.5"; };
+    "24.11" = { containerd = "1.7"; nix-snapshotter-go = "0.2"; nodejs_20 = "20"; };
+    "26.05" = { containerd = "2.3.1"; nix-snapshotter-go = "0.3.0"; nodejs_20 = "20.20.2"; };
   }.${era};
 
   coreutilsBins = [
@@ -40,13 +42,14 @@ let
   ];
 
   # A stand-in package: a real store file describing it.
-  mkPkg = { pname, version ? "standin", bins ? [ ], scripts ? { }, passthru ? { } }:
+  mkPkg = { pname, version ? null, bins ? [ ], scripts ? { }, passthru ? { } }:
     let
+      name = if version == null then pname else "${pname}-${version}";
       self = {
         type = "derivation";
-        name = "${pname}-${version}";
-        inherit pname version;
-        outPath = builtins.toFile "${pname}-${version}" (builtins.toJSON { standIn = pname; inherit bins scripts; });
+        inherit name pname;
+        version = if version == null then "" else version;
+        outPath = builtins.toFile name (builtins.toJSON { standIn = pname; inherit bins scripts; });
         drvPath = self.outPath;
         outputs = [ "out" ];
         out = self;
@@ -112,6 +115,7 @@ let
     gnused = [ "sed" ];
     gawk = [ "awk" "gawk" ];
     bash = [ "bash" "sh" ];
+    bashInteractive = [ "bash" "sh" ];
     systemd = [ "systemctl" "systemd-run" "journalctl" "systemd-tmpfiles" ];
     util-linux = [ "mount" "umount" "nsenter" "unshare" "losetup" "findmnt" "lsblk" "setpriv" ];
     kmod = [ "modprobe" "insmod" "lsmod" "rmmod" ];
@@ -135,6 +139,7 @@ let
     zfs = [ "zfs" "zpool" ];
     openssl = [ "openssl" ];
     hello = [ "hello" ];
+    tini = [ "tini" ];
     glibcLocales = [ ];
     python3 = [ "python3" ];
     makeWrapper = [ ];
@@ -205,9 +210,19 @@ let
       bins = lib.attrNames (lib.importJSON ../../package.json).bin;
       passthru = a.passthru or { } // { npmArgs = a; };
     };
-    importNpmLock = { npmConfigHook = pkg "npm-config-hook" [ ]; };
+    importNpmLock = { npmConfigHook = pkg "npm-config-hook" [ ] // { override = _: pkg "npm-config-hook" [ ]; }; };
     stdenvNoCC = { mkDerivation = a: mkPkg { pname = a.name; passthru.args = a; }; };
     closureInfo = { rootPaths }: pkg "closure-info" [ ];
+    mkShell = a: mkPkg { pname = "shell"; passthru = { inherit (a) packages; }; };
+    testers.runNixOSTest = test: mkPkg {
+      pname = "nixos-test";
+      passthru = {
+        inherit test;
+        driver = pkg "nixos-test-driver" [ "nixos-test-driver" ];
+        driverInteractive = pkg "nixos-test-driver-interactive" [ "nixos-test-driver" ];
+      };
+    };
+    dockerTools.buildLayeredImage = a: mkPkg { pname = "docker-image-${baseNameOf a.name}.tar.gz"; };
   };
 
   pkgs = lib.fix base;

@@ -6,6 +6,7 @@
 # at start and k3s's bundled add-ons are disabled.
 { pkgs, lib, ... }:
 let
+  cc = import ../../containerd-config.nix { inherit lib; };
   k8s = pkgs.callPackage ../../../pkgs/k8s-resources.nix { };
 
   pause = pkgs.nix-snapshotter.buildImage {
@@ -19,7 +20,7 @@ in
 
   defaults.imports = [ ../default.nix ];
 
-  nodes.machine = {
+  nodes.machine = { config, ... }: {
     virtualisation.memorySize = 2048;
     virtualisation.diskSize = 4096;
 
@@ -41,7 +42,8 @@ in
       ];
     };
 
-    virtualisation.containerd.rootless.settings.plugins."io.containerd.grpc.v1.cri".sandbox_image = "test.local/pause:local";
+    # The pause image, where this containerd reads it (config version 2 or 3).
+    virtualisation.containerd.rootless.settings = cc.sandboxImage config.virtualisation.containerd.rootless.configVersion "test.local/pause:local";
 
     services.preload-containerd.rootless = {
       enable = true;

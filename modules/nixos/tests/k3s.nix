@@ -5,6 +5,7 @@
 # k3s's bundled add-ons are disabled.
 { pkgs, lib, ... }:
 let
+  cc = import ../../containerd-config.nix { inherit lib; };
   k8s = pkgs.callPackage ../../../pkgs/k8s-resources.nix { };
 
   pause = pkgs.nix-snapshotter.buildImage {
@@ -18,7 +19,7 @@ in
 
   defaults.imports = [ ../default.nix ];
 
-  nodes.machine = {
+  nodes.machine = { config, ... }: {
     virtualisation.memorySize = 2048;
     virtualisation.diskSize = 4096;
 
@@ -36,7 +37,8 @@ in
       ];
     };
 
-    virtualisation.containerd.settings.plugins."io.containerd.grpc.v1.cri".sandbox_image = "test.local/pause:local";
+    # The pause image, where this containerd reads it (config version 2 or 3).
+    virtualisation.containerd.settings = cc.sandboxImage config.virtualisation.containerd.configVersion "test.local/pause:local";
 
     services.preload-containerd = {
       enable = true;
