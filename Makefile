@@ -11,6 +11,9 @@
 # which `make nsenter ARGS="sh"` enters.
 
 SHELL := /bin/bash
+# Nix settings for the project's Nix calls, without touching /etc/nix/nix.conf
+# (scripts/nix-conf/nix.conf includes it).
+export NIX_CONF_DIR := $(CURDIR)/scripts/nix-conf
 NODE  ?= node
 BUILD := build
 DEV   := $(NODE) $(BUILD)/test/lib/devenv.js

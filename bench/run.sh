@@ -10,6 +10,8 @@
 # fails the script names it and exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The project's Nix settings (scripts/nix-conf/nix.conf).
+. scripts/nix-env.sh
 
 out=docs/performance.md
 bench_args=()

@@ -4,6 +4,8 @@
 # Extra arguments are test files (build/test/...js) to run instead of all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The tests' Nix settings (scripts/nix-conf/nix.conf).
+. scripts/nix-env.sh
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 

@@ -62,16 +62,10 @@ PIN
   if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
-# Nix as root, single-user: no build users needed, no sandbox (no user
-# namespaces for nixbld here).
-mkdir -p /etc/nix
-if ! grep -q '^build-users-group' /etc/nix/nix.conf 2>/dev/null; then
-  echo 'build-users-group =' >> /etc/nix/nix.conf
-fi
-grep -q '^sandbox' /etc/nix/nix.conf 2>/dev/null || echo 'sandbox = false' >> /etc/nix/nix.conf
-grep -q '^experimental-features' /etc/nix/nix.conf 2>/dev/null || echo 'experimental-features = nix-command' >> /etc/nix/nix.conf
-# Nothing outside is reachable from here by default; do not wait on cache.nixos.org.
-grep -q '^substituters' /etc/nix/nix.conf 2>/dev/null || echo 'substituters =' >> /etc/nix/nix.conf
+# Nix: the machine's /etc/nix/nix.conf is left as it is. The project's own
+# Nix calls get their settings (no sandbox, no build users, no
+# substituters) from scripts/nix-conf/nix.conf through NIX_CONF_DIR, which
+# the Makefile and scripts/nix-env.sh set.
 
 # npm dependencies (better-sqlite3 builds from source when no prebuilt binary
 # can be fetched).
