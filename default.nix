@@ -7,8 +7,8 @@
 #
 # NixOS: imports = [ /path/to/nix-snapshotter/modules/nixos ];
 # Home Manager: imports = [ /path/to/nix-snapshotter/modules/home ];
-# (the modules build the package from this checkout unless pkgs has a
-# nix-snapshotter, e.g. with nixpkgs.overlays = [ (import /path/to/nix-snapshotter/pkgs/overlay.nix) ]).
+# (the modules run the package built from this checkout, with or without
+# the overlay: nixpkgs' own pkgs.nix-snapshotter is another program).
 #
 # Without `pkgs`, nixpkgs is the revision pinned in flake.lock.
 { pkgs ? null

@@ -1,8 +1,7 @@
 # All Home Manager modules of nix-snapshotter (rootless):
 #
 #   imports = [ /path/to/nix-snapshotter/modules/home ];
-#   virtualisation.containerd.rootless = { enable = true; nixSnapshotterIntegration = true; };
-#   services.nix-snapshotter.rootless.enable = true;
+#   services.nix-snapshotter.rootless.enable = true;   # with the rootless containerd
 {
   imports = [
     ./nix-snapshotter-rootless.nix

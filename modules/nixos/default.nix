@@ -1,8 +1,7 @@
 # All NixOS modules of nix-snapshotter:
 #
 #   imports = [ /path/to/nix-snapshotter/modules/nixos ];
-#   services.nix-snapshotter.enable = true;
-#   virtualisation.containerd = { enable = true; nixSnapshotterIntegration = true; };
+#   services.nix-snapshotter.enable = true;   # containerd enabled and wired too
 {
   imports = [
     ./nix-snapshotter.nix
