@@ -8,9 +8,9 @@ let
   inherit (nsLib) cc;
   cfg = config.virtualisation.containerd;
   version = cfg.configVersion;
-  snapshotter = config.services.nix-snapshotter;
-  snapshotterAddress = snapshotter.settings.address or nsLib.defaultAddress;
-  snapshotterEnabled = snapshotter.enable or false;
+  # nix-snapshotter.nix may not be imported (nixosModules.containerd alone).
+  snapshotterAddress = config.services.nix-snapshotter.settings.address or nsLib.defaultAddress;
+  snapshotterEnabled = config.services.nix-snapshotter.enable or false;
   containerdAddress = cfg.settings.grpc.address or nsLib.defaultContainerdAddress;
 
   # CNI plugins for k3s's flannel network (its config names "flannel",

@@ -356,6 +356,30 @@ let
           ''--address "${rootlessSock}"'')
       ];
 
+      # --- Each module of nixosModules/homeModules on its own -----------------
+
+      moduleOutputs = import ../../modules/outputs.nix;
+      aloneConfig = {
+        nix-snapshotter = { services.nix-snapshotter.enable = true; };
+        nix-snapshotter-rootless = { services.nix-snapshotter.rootless.enable = true; };
+        containerd = { virtualisation.containerd = { enable = true; nixSnapshotterIntegration = true; }; };
+        containerd-rootless = { virtualisation.containerd.rootless = { enable = true; nixSnapshotterIntegration = true; }; };
+        preload-containerd = { services.preload-containerd = { enable = true; targets = [{ archives = [ pkgs.hello ]; }]; }; };
+        preload-containerd-rootless = { services.preload-containerd.rootless = { enable = true; targets = [{ archives = [ pkgs.hello ]; }]; }; };
+        k3s = { services.k3s = { enable = true; snapshotter = "nix"; }; };
+        k3s-rootless = { services.k3s.rootless = { enable = true; snapshotter = "nix"; }; };
+      };
+      aloneNixos = name: (h.nixos { modules = [ moduleOutputs.nixosModules.${name} aloneConfig.${name} ]; }).config;
+      aloneHome = name: (h.home { modules = [ moduleOutputs.homeModules.${name} aloneConfig.${name} ]; }).config;
+      evaluates = name: v: ok "${name} evaluates" (builtins.tryEval (builtins.deepSeq v true)).success;
+      alone =
+        lib.concatMap
+          (name: evaluates "${era} nixosModules.${name} alone" (lib.mapAttrs (_: u: u.text) ((aloneNixos name).systemd.units // (aloneNixos name).systemd.user.units)))
+          (lib.remove "default" (lib.attrNames moduleOutputs.nixosModules))
+        ++ lib.concatMap
+          (name: evaluates "${era} homeModules.${name} alone" (lib.attrNames (aloneHome name).xdg.configFile))
+          (lib.remove "default" (lib.attrNames moduleOutputs.homeModules));
+
       # --- What must be refused ---------------------------------------------
 
       refused = lib.concatLists [
@@ -405,7 +429,7 @@ let
       };
     in
     {
-      checks = rootful ++ k3s ++ rootless ++ hm ++ refused;
+      checks = rootful ++ k3s ++ rootless ++ hm ++ alone ++ refused;
       inherit report;
     };
 
