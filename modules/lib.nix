@@ -162,7 +162,8 @@ rec {
         2.x) puts CRI's settings under `io.containerd.cri.v1.images` and
         `io.containerd.cri.v1.runtime`, 2 (containerd 1.7) under
         `io.containerd.grpc.v1.cri`. containerd 2.x also reads version 2
-        (it migrates the file in memory, warning at every start).
+        (it migrates the file in memory, warning at every start). Set this
+        rather than `settings.version`, which it overrides.
       '';
     };
 
