@@ -10,7 +10,10 @@
  *     disable_snapshot_annotations = false; on 2.x both ways CRI can pull:
  *     through the Transfer service (2.1's default; the proxy plugin exports
  *     enable_remote_snapshot_annotations) and the local pull 2.1 falls back
- *     to when disable_snapshot_annotations = false is set.
+ *     to when disable_snapshot_annotations = false is set; and on 2.x the
+ *     Transfer service passes the layer's annotations whether or not the
+ *     proxy plugin exports enable_remote_snapshot_annotations (checked on
+ *     2.1.9: the export only adds containerd's remote-snapshot labels).
  *
  * The Transfer service's pull from a registry is proven in
  * push-load.test.ts (it needs TLS on 1.7), and so is our own loader
@@ -87,7 +90,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
     };
 
     /** A nix-snapshotter and a containerd with CRI using it (pull: how 2.x's CRI pulls). */
-    async function withStack(name: string, pull: "transfer" | "local" | undefined, fn: (s: Stack) => Promise<void>): Promise<void> {
+    async function withStack(name: string, pull: "transfer" | "local" | undefined, fn: (s: Stack) => Promise<void>, exportAnnotations = true): Promise<void> {
       const dir = path.join(tmp.path, name);
       const snAddress = path.join(dir, "sn.sock");
       let daemon: DaemonProcess | undefined;
@@ -96,7 +99,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
       try {
         daemon = await startDaemonProcess({ root: path.join(dir, "root"), address: snAddress, logFile: path.join(dir, "nix-snapshotter.log") });
         sn = new SnapshotsClient({ address: snAddress });
-        c = await startContainerd({ dir: path.join(dir, "containerd"), snapshotterAddress: snAddress, cri: { sandboxImage: PAUSE, hostsDir: hostsDir(dir), ...(pull ? { pull } : {}) } });
+        c = await startContainerd({ dir: path.join(dir, "containerd"), snapshotterAddress: snAddress, cri: { sandboxImage: PAUSE, hostsDir: hostsDir(dir), ...(pull ? { pull } : {}) }, remoteSnapshotAnnotations: exportAnnotations });
         await fn({ c, sn });
       } finally {
         await c?.stop();
@@ -146,6 +149,27 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
           await criPull(t, s, "local pull");
           t.match(readFileSync(path.join(s.c.dir, "containerd.log"), "utf8"), FALLBACK, "containerd logs that it fell back to local image pulls");
         });
+      });
+      await t.test(`containerd ${bins.version}: without enable_remote_snapshot_annotations`, async (t) => {
+        await withStack(
+          "ctd-no-export",
+          "transfer",
+          async (s) => {
+            await s.c.ctr(["images", "import", "--local=false", "--snapshotter", "nix", hello.archive], { namespace: "transfer-import" });
+            // The export adds containerd's own remote-snapshot labels (image
+            // reference, layer digest); the layer's annotations come without it.
+            t.ok(await labelled(s, "transfer-import"), "Transfer import: the nix layer still gets its labels");
+            const cri = criClients(s.c.address, s.c.address);
+            try {
+              await until("containerd's CRI", async () => (await cri.runtime.Version({ version: "v1" })) as unknown);
+              await cri.image.PullImage({ image: { image: remote }, auth: { username: USER, password: PASSWORD } });
+              t.ok(await labelled(s, "k8s.io"), "CRI PullImage through the Transfer service: the nix layer still gets its labels");
+            } finally {
+              cri.close();
+            }
+          },
+          false,
+        );
       });
     }
   });

@@ -26,6 +26,8 @@ export interface ContainerdOptions {
     /** 2.x only: how CRI pulls images (see criConfigV3); default "transfer". */
     pull?: "transfer" | "local";
   };
+  /** 2.x: export enable_remote_snapshot_annotations from the nix proxy plugin (default true). */
+  remoteSnapshotAnnotations?: boolean;
   /** Runtimes besides runc, for CRI (runtime_handler) and ctr (--runtime). */
   runtimes?: ExtraRuntime[];
   /** Which containerd to run; default containerdBinaries() (the CONTAINERD variable). */
@@ -153,7 +155,7 @@ disabled_plugins = [${disabledPlugins(major, !!o.cri).map(q).join(", ")}]
   type = "snapshot"
   address = "${o.snapshotterAddress}"
 `;
-  if (v3) {
+  if (v3 && o.remoteSnapshotAnnotations !== false) {
     cfg += `  # 2.x: the Transfer service (ctr's default pull and import, CRI pulls
   # since 2.1) hands layer annotations only to proxy snapshotters that export this.
   [proxy_plugins.nix.exports]
@@ -177,7 +179,12 @@ disabled_plugins = [${disabledPlugins(major, !!o.cri).map(q).join(", ")}]
 type CriOptions = NonNullable<ContainerdOptions["cri"]>;
 
 function runtimeTables(prefix: string, runtimes: ExtraRuntime[]): string {
-  return runtimes
+  if (runtimes.length === 0) return "";
+  // 1.7 drops its built-in runc entry once the runtimes table is written, and
+  // then refuses default_runtime_name = "runc": name it again.
+  return `  [${prefix}.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+` + runtimes
     .map(
       (r) => `  [${prefix}.containerd.runtimes.${r.handler}]
     runtime_type = "io.containerd.runc.v2"
