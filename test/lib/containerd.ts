@@ -91,11 +91,11 @@ export function containerdBinaries(line: string = process.env["CONTAINERD"] || "
 }
 
 /** Runs ctr/containerd of this line: absolute when unpacked, its directory first on PATH (for the shim). */
-function binaryEnv(b: ContainerdBinaries): NodeJS.ProcessEnv {
+export function binaryEnv(b: ContainerdBinaries): NodeJS.ProcessEnv {
   return b.binDir ? { ...process.env, PATH: `${b.binDir}:${process.env["PATH"] ?? "/usr/bin:/bin"}` } : process.env;
 }
 
-function binary(b: ContainerdBinaries, name: "containerd" | "ctr"): string {
+export function binary(b: ContainerdBinaries, name: "containerd" | "ctr"): string {
   return b.binDir ? path.join(b.binDir, name) : name;
 }
 
