@@ -26,6 +26,8 @@ export interface ContainerdOptions {
     /** 2.x only: how CRI pulls images (see criConfigV3); default "transfer". */
     pull?: "transfer" | "local";
   };
+  /** Write this config version instead of the one for the binary's major (2.x reads and migrates version 2). */
+  configVersion?: 2 | 3;
   /** 2.x: export enable_remote_snapshot_annotations from the nix proxy plugin (default true). */
   remoteSnapshotAnnotations?: boolean;
   /** Runtimes besides runc, for CRI (runtime_handler) and ctr (--runtime). */
@@ -239,9 +241,10 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
   const b = o.binaries ?? containerdBinaries();
   mkdirSync(o.dir, { recursive: true });
   const configFile = path.join(o.dir, "config.toml");
-  writeFileSync(configFile, containerdConfig(o, b.major));
+  const schema = o.configVersion === 2 ? 1 : o.configVersion === 3 ? 2 : b.major;
+  writeFileSync(configFile, containerdConfig(o, schema));
   // Test output names the containerd that ran (scripts/run-tests.sh collects these lines).
-  if (!o.detached) console.log(`CONTAINERD: ${b.version} (config version ${b.major >= 2 ? 3 : 2})`);
+  if (!o.detached) console.log(`CONTAINERD: ${b.version} (config version ${schema >= 2 ? 3 : 2})`);
   const env = binaryEnv(b);
   const address = path.join(o.dir, "containerd.sock");
   const logFile = path.join(o.dir, "containerd.log");
