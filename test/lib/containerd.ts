@@ -92,6 +92,11 @@ export function containerdBinaries(line: string = process.env["CONTAINERD"] || "
   return b;
 }
 
+/** Names the containerd a test runs on stdout; scripts/run-tests.sh collects these lines. */
+export function announceContainerd(b: ContainerdBinaries, schema = b.major): void {
+  console.log(`CONTAINERD: ${b.version} (config version ${schema >= 2 ? 3 : 2})`);
+}
+
 /** Runs ctr/containerd of this line: absolute when unpacked, its directory first on PATH (for the shim). */
 export function binaryEnv(b: ContainerdBinaries): NodeJS.ProcessEnv {
   return b.binDir ? { ...process.env, PATH: `${b.binDir}:${process.env["PATH"] ?? "/usr/bin:/bin"}` } : process.env;
@@ -243,8 +248,7 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
   const configFile = path.join(o.dir, "config.toml");
   const schema = o.configVersion === 2 ? 1 : o.configVersion === 3 ? 2 : b.major;
   writeFileSync(configFile, containerdConfig(o, schema));
-  // Test output names the containerd that ran (scripts/run-tests.sh collects these lines).
-  if (!o.detached) console.log(`CONTAINERD: ${b.version} (config version ${schema >= 2 ? 3 : 2})`);
+  if (!o.detached) announceContainerd(b, schema);
   const env = binaryEnv(b);
   const address = path.join(o.dir, "containerd.sock");
   const logFile = path.join(o.dir, "containerd.log");
