@@ -38,7 +38,7 @@ done
 have_runsc() { command -v runsc >/dev/null 2>&1; }
 
 if ! have_containerd17 || ! have_runsc || [ ${#missing[@]} -gt 0 ]; then
-  need_root containerd runsc "${missing[@]}"
+  need_root $(have_containerd17 || echo containerd) $(have_runsc || echo runsc) "${missing[@]}"
   export DEBIAN_FRONTEND=noninteractive
   if { ! have_containerd17 || ! have_runsc; } && [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
     # containerd 1.7 honours Mount.target; bookworm ships 1.6. Take only
