@@ -27,7 +27,7 @@ export interface ContainerdOptions {
     pull?: "transfer" | "local";
   };
   /** Write this config version instead of the one for the binary's major (2.x reads and migrates version 2). */
-  configVersion?: 2 | 3;
+  configVersion?: ConfigVersion;
   /** 2.x: export enable_remote_snapshot_annotations from the nix proxy plugin (default true). */
   remoteSnapshotAnnotations?: boolean;
   /** Runtimes besides runc, for CRI (runtime_handler) and ctr (--runtime). */
@@ -93,8 +93,15 @@ export function containerdBinaries(line: string = process.env["CONTAINERD"] || "
 }
 
 /** Names the containerd a test runs on stdout; scripts/run-tests.sh collects these lines. */
-export function announceContainerd(b: ContainerdBinaries, schema = b.major): void {
-  console.log(`CONTAINERD: ${b.version} (config version ${schema >= 2 ? 3 : 2})`);
+export function announceContainerd(b: ContainerdBinaries, version: ConfigVersion = nativeConfigVersion(b)): void {
+  console.log(`CONTAINERD: ${b.version} (config version ${version})`);
+}
+
+/** The config file schema: 2 for containerd 1.x, 3 (introduced by 2.0) for 2.x. */
+export type ConfigVersion = 2 | 3;
+
+export function nativeConfigVersion(b: ContainerdBinaries): ConfigVersion {
+  return b.major >= 2 ? 3 : 2;
 }
 
 /** Runs ctr/containerd of this line: absolute when unpacked, its directory first on PATH (for the shim). */
@@ -118,9 +125,9 @@ export interface ExtraRuntime {
 }
 
 /** Plugins this private instance never needs (and whose host-global sockets or devices it must not touch). */
-function disabledPlugins(major: number, cri: boolean): string[] {
+function disabledPlugins(b: ContainerdBinaries, cri: boolean): string[] {
   const ids = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"];
-  if (major >= 2) {
+  if (b.major >= 2) {
     // NRI is on by default in 2.x and listens on /var/run/nri/nri.sock, one per host.
     ids.push("io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs", "io.containerd.nri.v1.nri");
     if (!cri) ids.push("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime");
@@ -136,14 +143,14 @@ function disabledPlugins(major: number, cri: boolean): string[] {
  * version 2 for 1.7, version 3 for 2.x (docs/containerd.md has the table of
  * keys for each line).
  */
-export function containerdConfig(o: ContainerdOptions, major: number): string {
+export function containerdConfig(o: ContainerdOptions, b: ContainerdBinaries, version: ConfigVersion = nativeConfigVersion(b)): string {
   const d = o.dir;
-  const v3 = major >= 2;
+  const v3 = version === 3;
   const q = (s: string) => JSON.stringify(s);
   let cfg = `version = ${v3 ? 3 : 2}
 root = "${d}/root"
 state = "${d}/state"
-disabled_plugins = [${disabledPlugins(major, !!o.cri).map(q).join(", ")}]
+disabled_plugins = [${disabledPlugins(b, !!o.cri).map(q).join(", ")}]
 
 [grpc]
   address = "${d}/containerd.sock"
@@ -162,7 +169,7 @@ disabled_plugins = [${disabledPlugins(major, !!o.cri).map(q).join(", ")}]
   type = "snapshot"
   address = "${o.snapshotterAddress}"
 `;
-  if (v3 && o.remoteSnapshotAnnotations !== false) {
+  if (b.major >= 2 && o.remoteSnapshotAnnotations !== false) {
     cfg += `  # 2.x: the Transfer service (ctr's default pull and import, CRI pulls
   # since 2.1) hands layer annotations only to proxy snapshotters that export this.
   [proxy_plugins.nix.exports]
@@ -246,9 +253,9 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
   const b = o.binaries ?? containerdBinaries();
   mkdirSync(o.dir, { recursive: true });
   const configFile = path.join(o.dir, "config.toml");
-  const schema = o.configVersion === 2 ? 1 : o.configVersion === 3 ? 2 : b.major;
-  writeFileSync(configFile, containerdConfig(o, schema));
-  if (!o.detached) announceContainerd(b, schema);
+  const version = o.configVersion ?? nativeConfigVersion(b);
+  writeFileSync(configFile, containerdConfig(o, b, version));
+  if (!o.detached) announceContainerd(b, version);
   const env = binaryEnv(b);
   const address = path.join(o.dir, "containerd.sock");
   const logFile = path.join(o.dir, "containerd.log");
