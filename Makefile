@@ -6,6 +6,10 @@
 #   make test     set up and run the whole test suite
 #   make bench    run the benchmarks and write docs/performance.md
 #
+# CONTAINERD=1.7|2 picks the containerd line (2: build/containerd-2, from
+# Debian sid, never installed); `make test` runs both unless it is set.
+# RUNTIME=runsc runs run-hello, run-redis and demo under gVisor.
+#
 # As root the development environment is rootful; as an ordinary user it is
 # rootless (docs/rootless.md): both daemons run in a rootlesskit namespace,
 # which `make nsenter ARGS="sh"` enters.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what nix-snapshotter needs to build, test and run its demo on a
-# Debian (bookworm) machine as root: containerd >= 1.7 (from trixie, pinned so
-# nothing else comes from there), runc, Nix, busybox, the rootless tools
-# (rootlesskit, slirp4netns, uidmap, fuse-overlayfs) and the npm packages.
+# Debian (bookworm) machine as root: containerd >= 1.7 and gVisor's runsc
+# (both from trixie, pinned so nothing else comes from there), runc, Nix,
+# busybox, the rootless tools (rootlesskit, slirp4netns, uidmap,
+# fuse-overlayfs) and the npm packages; and containerd 2.x unpacked under
+# build/containerd-2 (scripts/fetch-containerd2.sh), never installed.
 # Idempotent: a second run installs nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,12 +32,17 @@ for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
-if ! have_containerd17 || [ ${#missing[@]} -gt 0 ]; then
-  need_root containerd "${missing[@]}"
+# gVisor: trixie's runsc (2024) has the systrap platform, which needs no
+# KVM and is faster than ptrace; bookworm's (2022) has only ptrace. The
+# package is one static binary with no dependencies.
+have_runsc() { command -v runsc >/dev/null 2>&1; }
+
+if ! have_containerd17 || ! have_runsc || [ ${#missing[@]} -gt 0 ]; then
+  need_root $(have_containerd17 || echo containerd) $(have_runsc || echo runsc) "${missing[@]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! have_containerd17 && [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
+  if { ! have_containerd17 || ! have_runsc; } && [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
     # containerd 1.7 honours Mount.target; bookworm ships 1.6. Take only
-    # containerd from trixie: the low pin keeps libc and everything else.
+    # containerd and runsc from trixie: the low pin keeps libc and everything else.
     cat > /etc/apt/sources.list.d/nix-snapshotter-trixie.sources <<'SRC'
 Types: deb
 URIs: http://deb.debian.org/debian
@@ -52,6 +59,7 @@ PIN
   apt-get update -qq
   pkgs=("${missing[@]}")
   have_containerd17 || pkgs+=(containerd/trixie)
+  have_runsc || pkgs+=(runsc/trixie)
   # policy-rc.d keeps package scripts from starting system daemons: we run
   # private instances only.
   own_policy=0
@@ -61,6 +69,10 @@ PIN
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
   if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
+
+# containerd 2.x for the tests and CONTAINERD=2 (docs/containerd.md); needs
+# apt but not root.
+bash scripts/fetch-containerd2.sh
 
 # Nix: the machine's /etc/nix/nix.conf is left as it is. The project's own
 # Nix calls get their settings (no sandbox, no build users, no

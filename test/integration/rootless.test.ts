@@ -24,6 +24,7 @@ import t from "tap";
 import type { Test } from "tap";
 import { writeImageArchive } from "../../src/image/archive.js";
 import { buildLayer } from "../../src/image/layer.js";
+import { announceContainerd, containerdBinaries } from "../lib/containerd.js";
 import { REPO, waitForSocket } from "../lib/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
@@ -158,6 +159,8 @@ if (
       NIX_SNAPSHOTTER_DEV_DIR: devDir,
       NIX_REMOTE: `unix://${nixSocket}`,
       REDIS_PORT: String(redisPort),
+      // The containerd line under test (scripts/run-tests.sh).
+      ...(process.env["CONTAINERD"] ? { CONTAINERD: process.env["CONTAINERD"] } : {}),
       ...extra,
     });
     const mkXdg = await asUser(baseEnv, "install", ["-d", "-m", "0700", xdg]);
@@ -222,6 +225,7 @@ if (
 
       await ok(["start-nix-snapshotter"], "start-nix-snapshotter as the user");
       await ok(["start-containerd"], "start-containerd as the user");
+      announceContainerd(containerdBinaries());
       const pids = Object.fromEntries(["rootlesskit", "nix-snapshotter", "containerd"].map((n) => [n, Number(readFileSync(path.join(dev, "pids", `${n}.pid`), "utf8"))]));
       for (const [n, pid] of Object.entries(pids)) t.equal(statSync(`/proc/${pid}`).uid, account.uid, `${n} runs as ${USER}, not root`);
       const uidMap = readFileSync(`/proc/${pids["nix-snapshotter"]}/uid_map`, "utf8").trim().split("\n")[0]!.trim().split(/\s+/);

@@ -9,6 +9,9 @@
  * their own (a user cannot create them without delegation), and run-redis
  * publishes its port on the host's 127.0.0.1.
  *
+ * CONTAINERD=1.7|2 picks the containerd line (test/lib/containerd.ts);
+ * RUNTIME=runsc runs the demo containers under gVisor (test/lib/gvisor.ts).
+ *
  *   start-nix-snapshotter | start-containerd | stop | status
  *   run-hello | run-redis | demo | nsenter CMD... | ctr ARGS...
  */
@@ -16,8 +19,9 @@ import { execFile, spawn } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { startContainerd } from "./containerd.js";
+import { binary, binaryEnv, containerdBinaries, startContainerd, type ContainerdBinaries } from "./containerd.js";
 import { REPO, startDaemonProcess } from "./daemon.js";
+import { runscWrapper, type RunscNetwork } from "./gvisor.js";
 import { buildFixtures, helloImage, redisImage, waitForPong, type Fixtures } from "./images.js";
 import { attachRootlessNamespace, type RootlessNamespace, startRootlessNamespace, stopRootlessNamespace } from "./rootless.js";
 import { unmountBelow } from "./tmp.js";
@@ -34,6 +38,8 @@ export const PATHS = {
   containerdDir: path.join(DEV, "containerd"),
   containerdAddress: path.join(DEV, "containerd/containerd.sock"),
   pids: path.join(DEV, "pids"),
+  /** The containerd line (CONTAINERD) the running containerd was started with. */
+  containerdLine: path.join(DEV, "containerd/line"),
   fixtures: path.join(DEV, "fixtures"),
   images: path.join(DEV, "images"),
   rootless: path.join(DEV, "rootless"),
@@ -41,6 +47,18 @@ export const PATHS = {
 
 /** Rootless containers stay in the caller's cgroup: no cgroup path, no CPU shares to set. */
 const RUN_FLAGS = ROOTLESS ? ["--cgroup", "", "--cpu-shares", "0"] : [];
+
+/** RUNTIME: "runc" (default) or "runsc" (gVisor, behind the runc shim). */
+const RUNTIME = process.env["RUNTIME"] || "runc";
+
+/** ctr run flags for RUNTIME; network is the container's ("none": its own empty namespace, "host": --net-host). */
+function runtimeFlags(network: RunscNetwork): string[] {
+  if (RUNTIME === "runc") return [];
+  if (RUNTIME !== "runsc") throw new Error(`RUNTIME=${RUNTIME}: use runc or runsc`);
+  if (ROOTLESS) throw new Error("RUNTIME=runsc: the development environment runs gVisor as root only");
+  // runsc's state apart from runc's /run/containerd/runc/<namespace>, which every containerd shares.
+  return ["--runc-binary", runscWrapper(path.join(DEV, "runsc"), network), "--runc-root", path.join(DEV, "runsc/state")];
+}
 
 /** The port the demo's redis listens on (host network). */
 export const REDIS_PORT = Number(process.env["REDIS_PORT"] ?? 6379);
@@ -119,7 +137,8 @@ export async function startContainerdDev(): Promise<void> {
   const ns = await namespace();
   const c = await startContainerd({ dir: PATHS.containerdDir, snapshotterAddress: PATHS.snapshotterAddress, detached: true, ...(ns ? { wrap: ns.wrap } : {}) });
   writeFileSync(pidFile("containerd"), String(c.pid));
-  console.log(`containerd running (pid ${c.pid}), socket ${shown(c.address)}`);
+  writeFileSync(PATHS.containerdLine, c.binaries.line);
+  console.log(`containerd ${c.binaries.version} running (pid ${c.pid}), socket ${shown(c.address)}`);
 }
 
 async function stopOne(name: string): Promise<void> {
@@ -159,10 +178,17 @@ async function stopNamespace(): Promise<void> {
 }
 
 /** ctr against the dev containerd; rootless, from inside the namespace (its fifos live there). */
+/** The binaries of the running containerd's line (ctr of the same line), else CONTAINERD's. */
+function devBinaries(): ContainerdBinaries {
+  const line = runningPid("containerd") && existsSync(PATHS.containerdLine) ? readFileSync(PATHS.containerdLine, "utf8").trim() : undefined;
+  return containerdBinaries(line);
+}
+
 async function ctr(args: string[]): Promise<string> {
-  const [cmd, ...argv] = [...(runningNamespace()?.wrap ?? []), "ctr", "--address", PATHS.containerdAddress, "--namespace", "default", ...args] as string[] as [string, ...string[]];
+  const b = devBinaries();
+  const [cmd, ...argv] = [...(runningNamespace()?.wrap ?? []), binary(b, "ctr"), "--address", PATHS.containerdAddress, "--namespace", "default", ...args] as string[] as [string, ...string[]];
   try {
-    const { stdout } = await run(cmd, argv, { timeout: 300_000 });
+    const { stdout } = await run(cmd, argv, { timeout: 300_000, env: binaryEnv(b) });
     return stdout;
   } catch (err) {
     throw new Error(`ctr ${args.join(" ")}: ${((err as { stderr?: string }).stderr || (err as Error).message).trim()}`);
@@ -200,8 +226,9 @@ async function runHello(f?: Fixtures): Promise<void> {
   await ensureRunning();
   const img = await helloImage(PATHS.images, f ?? (await fixtures()));
   await importImage(img.archive);
-  console.log(`$ ctr run --rm --snapshotter nix ${img.ref} hello`);
-  const out = await ctr(["run", "--rm", ...RUN_FLAGS, "--snapshotter", "nix", img.ref, `hello-${process.pid}`]);
+  const rt = runtimeFlags("none");
+  console.log(`$ ctr run --rm ${rt.length ? "--runc-binary runsc-none " : ""}--snapshotter nix ${img.ref} hello`);
+  const out = await ctr(["run", "--rm", ...RUN_FLAGS, ...rt, "--snapshotter", "nix", img.ref, `hello-${process.pid}`]);
   process.stdout.write(out);
   if (out.trim() !== "Hello, world!") throw new Error(`hello printed ${JSON.stringify(out)}, not "Hello, world!"`);
 }
@@ -211,8 +238,9 @@ async function runRedis(f?: Fixtures): Promise<void> {
   const img = await redisImage(PATHS.images, f ?? (await fixtures()), REDIS_PORT);
   await importImage(img.archive);
   await stopRedis();
-  console.log(`$ ctr run -d --net-host --snapshotter nix ${img.ref} redis`);
-  await ctr(["run", "-d", "--net-host", ...RUN_FLAGS, "--snapshotter", "nix", img.ref, "redis"]);
+  const rt = runtimeFlags("host");
+  console.log(`$ ctr run -d --net-host ${rt.length ? "--runc-binary runsc-host " : ""}--snapshotter nix ${img.ref} redis`);
+  await ctr(["run", "-d", "--net-host", ...RUN_FLAGS, ...rt, "--snapshotter", "nix", img.ref, "redis"]);
   // Rootless, the host network of the container is the namespace's: publish the port.
   await runningNamespace()?.publish(REDIS_PORT);
   const pong = await waitForPong(REDIS_PORT);

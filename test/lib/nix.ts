@@ -3,7 +3,10 @@
  * builtins.derivation and /bin/sh) and asks the store about paths.
  */
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 import { promisify } from "node:util";
+import { REPO } from "./daemon.js";
 
 const run = promisify(execFile);
 
@@ -15,6 +18,25 @@ export async function nixBuild(expr: string): Promise<string[]> {
   } catch (err) {
     throw new Error(`nix-build failed: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`);
   }
+}
+
+/** The store-paths file of a closureInfo output, as a sorted list. */
+export function closureList(closureInfo: string): string[] {
+  return readFileSync(path.join(closureInfo, "store-paths"), "utf8").split("\n").filter((l) => l !== "").sort();
+}
+
+/** `ls -1A /nix/store` output as absolute store paths, sorted. */
+export function storeListing(out: string): string[] {
+  return out.split("\n").filter((l) => l !== "").map((b) => `/nix/store/${b}`).sort();
+}
+
+/** The closureInfo function (rootPaths, storePaths) of the fixtures. */
+export const CLOSURE_INFO_NIX = path.join(REPO, "test/fixtures/nix/closure-info.nix");
+
+/** A closureInfo (test/fixtures/nix/closure-info.nix) over existing store paths. */
+export async function closureInfoOf(storePaths: string[]): Promise<string> {
+  const [info] = await nixBuild(`import ${CLOSURE_INFO_NIX} { storePaths = [ ${storePaths.map((p) => JSON.stringify(p)).join(" ")} ]; }`);
+  return info!;
 }
 
 /** A Nix expression prelude defining `mk name script` and `nonce`. */
