@@ -44,13 +44,18 @@ export class SnapshotsClient implements Snapshotter {
     if (opts.namespace) this.metadata.set("containerd-namespace", opts.namespace);
   }
 
-  private call<Res>(method: string, req: object): Promise<Res> {
+  private call<Res>(method: string, req: object, signal?: AbortSignal): Promise<Res> {
     return new Promise((resolve, reject) => {
       const fn = (this.client as unknown as Record<string, Function>)[method]!;
-      fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
+      const call = fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
+        signal?.removeEventListener("abort", cancel);
         if (err) reject(fromStatus(err));
         else resolve(res);
-      });
+      }) as grpc.ClientUnaryCall;
+      // A caller that gives up cancels the call; the server stops its work.
+      const cancel = () => call.cancel();
+      if (signal?.aborted) cancel();
+      else signal?.addEventListener("abort", cancel, { once: true });
     });
   }
 
@@ -60,7 +65,7 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
-    const wire = toWireInfo({ ...info, parent: "", kind: "active", created: new Date(0), updated: new Date(0) });
+    const wire = toWireInfo({ ...info, parent: "", kind: "active", created: 0n, updated: 0n });
     const res = await this.call<{ info: WireInfo }>("Update", {
       info: { name: wire.name, labels: wire.labels },
       updateMask: fieldPaths.length ? { paths: fieldPaths } : null,
@@ -79,12 +84,12 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
-    const res = await this.call<{ mounts: WireMount[] }>("Prepare", { key, parent, labels: opts.labels ?? {} });
+    const res = await this.call<{ mounts: WireMount[] }>("Prepare", { key, parent, labels: opts.labels ?? {} }, opts.signal);
     return res.mounts.map(fromWireMount);
   }
 
   async view(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
-    const res = await this.call<{ mounts: WireMount[] }>("View", { key, parent, labels: opts.labels ?? {} });
+    const res = await this.call<{ mounts: WireMount[] }>("View", { key, parent, labels: opts.labels ?? {} }, opts.signal);
     return res.mounts.map(fromWireMount);
   }
 
