@@ -23,6 +23,8 @@ export interface SnapshotsClientOptions {
   snapshotter?: string;
   /** containerd namespace, sent as the containerd-namespace header. */
   namespace?: string;
+  /** A connection of its own (grpc-js otherwise shares one per target within a process). */
+  ownConnection?: boolean;
 }
 
 export function grpcTarget(address: string): string {
@@ -38,6 +40,7 @@ export class SnapshotsClient implements Snapshotter {
     const Ctor = snapshotsService();
     this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": 64 * 1024 * 1024,
+      ...(opts.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
     });
     this.snapshotter = opts.snapshotter ?? "";
     this.metadata = new grpc.Metadata();

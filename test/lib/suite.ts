@@ -236,7 +236,11 @@ export const CASES: Record<string, Case> = {
     for (let i = 0; i <= MAX_LABELS; i++) many[`k${i}`] = "v";
     await rejectsWith(t, h.sn.prepare("too-many", "", { labels: many }), InvalidArgumentError, `more than ${MAX_LABELS} labels`);
     const big: Record<string, string> = {};
-    for (let i = 0; i * 4000 <= MAX_LABELS_TOTAL_BYTES; i++) big[`k${i}`] = "x".repeat(3990);
+    let total = 0;
+    for (let i = 0; total <= MAX_LABELS_TOTAL_BYTES; i++) {
+      big[`k${i}`] = "x".repeat(4000);
+      total += `k${i}`.length + 4000;
+    }
     await rejectsWith(t, h.sn.prepare("too-big", "", { labels: big }), InvalidArgumentError, `labels over ${MAX_LABELS_TOTAL_BYTES} bytes in all`);
     await h.sn.prepare("ok", "");
     await rejectsWith(t, h.sn.update({ name: "ok", labels: many }), InvalidArgumentError, "update with too many labels");
