@@ -19,6 +19,7 @@ import {
 } from "../errors.js";
 import { nowMicros } from "./clock.js";
 import type { Info, Kind, Usage } from "./snapshotter.js";
+import { validateLabels } from "./label-limits.js";
 
 /** What the overlay layer needs to compute mounts: the id chain. */
 export interface SnapshotRecord {
@@ -44,17 +45,7 @@ interface Row {
 const KIND_CODE: Record<Kind, number> = { view: 1, active: 2, committed: 3 };
 const CODE_KIND: Record<number, Kind> = { 1: "view", 2: "active", 3: "committed" };
 
-/** containerd refuses a label whose key and value together exceed this. */
-export const MAX_LABEL_BYTES = 4096;
-/**
- * Bounds on one call's labels. containerd sets none, but our gRPC server
- * accepts messages up to 64 MiB, and every label is stored and parsed again
- * on each List: a stranger's request must not buy unbounded work. A nix
- * layer carries one label per store path; these leave room for closures of
- * over 100,000 paths (which also carry nix-closure).
- */
-export const MAX_LABELS = 131_072;
-export const MAX_LABELS_TOTAL_BYTES = 16 * 1024 * 1024;
+export { MAX_LABEL_BYTES, MAX_LABELS, MAX_LABELS_TOTAL_BYTES, validateLabels } from "./label-limits.js";
 
 /**
  * 1: the first release. 2: times in microseconds (were milliseconds); the
@@ -433,25 +424,4 @@ export class MetaStore {
 
 function microsToNanos(us: number): bigint {
   return BigInt(us) * 1000n;
-}
-
-export function validateLabels(labels: Record<string, string>): void {
-  const entries = Object.entries(labels);
-  if (entries.length > MAX_LABELS) {
-    throw new InvalidArgumentError(`${entries.length} labels: at most ${MAX_LABELS} are accepted per snapshot`);
-  }
-  let total = 0;
-  for (const [k, v] of entries) {
-    if (k === "") throw new InvalidArgumentError("label key must not be empty");
-    const bytes = Buffer.byteLength(k) + Buffer.byteLength(v);
-    if (bytes > MAX_LABEL_BYTES) {
-      throw new InvalidArgumentError(
-        `label ${JSON.stringify(k.slice(0, 64))}: key and value exceed ${MAX_LABEL_BYTES} bytes`,
-      );
-    }
-    total += bytes;
-  }
-  if (total > MAX_LABELS_TOTAL_BYTES) {
-    throw new InvalidArgumentError(`labels total ${total} bytes: at most ${MAX_LABELS_TOTAL_BYTES} are accepted per snapshot`);
-  }
 }

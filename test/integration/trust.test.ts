@@ -17,6 +17,7 @@ import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
+import { buildNixImage } from "../../src/image/build.js";
 import { AlreadyExistsError, CancelledError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../../src/errors.js";
 import { MAX_STORE_PATH_LABELS } from "../../src/nix/labels.js";
 import { ExternalBuilderRealiser, NixStoreRealiser, type Realiser } from "../../src/nix/realise.js";
@@ -128,7 +129,45 @@ async function rejection(p: Promise<unknown>): Promise<Error | undefined> {
   return p.then(() => undefined, (e: Error) => e);
 }
 
-if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "flock"] })) {
+if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "flock", "strace"] })) {
+  t.test("every write call is synced to disk before it is answered; reads never sync", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const address = path.join(tmp.path, "sn.sock");
+    const d = await startDaemonProcess({ root, address });
+    t.teardown(() => d.stop("SIGTERM", 5_000));
+    const sn = new SnapshotsClient({ address });
+    t.teardown(() => sn.close());
+    await sn.prepare("warm-a", "");
+    await sn.commit("warm", "warm-a");
+    await sn.prepare("live", "warm");
+    const log = path.join(tmp.path, "strace.log");
+    const { spawn } = await import("node:child_process");
+    const tracer = spawn("strace", ["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", log, "-p", String(d.pid)], { stdio: "ignore" });
+    t.teardown(() => tracer.kill("SIGINT"));
+    await until("strace is attached", () => existsSync(log) && readFileSync(`/proc/${d.pid}/status`, "utf8").match(/TracerPid:\s+(\d+)/)?.[1] !== "0");
+    const syncs = () => readFileSync(log, "utf8").split("\n").filter((l) => /\b(fsync|fdatasync)\(/.test(l)).length;
+    const counted = async (call: () => Promise<unknown>): Promise<number> => {
+      const before = syncs();
+      await call();
+      return syncs() - before;
+    };
+    // The daemon is one thread: a sync of a call happens before its answer
+    // is written, and strace records it before the answer reaches us.
+    t.ok((await counted(() => sn.prepare("a", ""))) >= 3, "Prepare: the new directory, its rename, and the database log");
+    t.ok((await counted(() => sn.view("v", "warm"))) >= 3, "View: the same as Prepare");
+    t.ok((await counted(() => sn.commit("c", "a"))) >= 1, "Commit: the database log");
+    t.ok((await counted(() => sn.update({ name: "c", labels: { x: "y" } }))) >= 1, "Update: the database log");
+    t.ok((await counted(() => sn.remove("c"))) >= 1, "Remove: the database log");
+    t.equal(await counted(async () => {
+      await sn.stat("warm");
+      await sn.mounts("live");
+      await sn.usage("live");
+      await listAll(sn);
+    }), 0, "Stat, Mounts, Usage and List never sync");
+  });
+
   t.test("Cleanup racing Prepare, Commit and Remove of many clients loses no live directory", async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
@@ -165,7 +204,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "
     t.teardown(() => tmp.cleanup());
     const fixture = await buildNixFixture(2, nonce(), path.join(tmp.path, "cache"));
     t.teardown(() => deleteFixture(fixture));
-    const res = await killRounds({ root: path.join(tmp.path, "root"), address: path.join(tmp.path, "sn.sock"), fixture, rounds: 3, workers: 4 });
+    const res = await killRounds({ root: path.join(tmp.path, "root"), address: path.join(tmp.path, "sn.sock"), fixture, rounds: 3, workers: 4, killAfterMs: 1_500 });
     t.equal(res.rounds, 3, "three kills");
     t.ok(res.acknowledged > 0 && res.nixLayersChecked > 0, `${res.acknowledged} acknowledged commits; ${res.nixLayersChecked} nix layer checks after restarts`);
     t.same(res.lost, [], "none lost");
@@ -443,6 +482,20 @@ exec nix-store --realise "$2" --add-root "$1"
     await sn.remove("many");
     t.same(entries(path.join(root, "gcroots")), [], "no roots left");
     await tryDelete([listing!, big!, stray!]);
+  });
+
+  t.test("nix2container build refuses an image whose labels the daemon would refuse", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const closureFile = path.join(tmp.path, "closure");
+    const lines = Array.from({ length: MAX_STORE_PATH_LABELS + 1 }, (_, i) => `/nix/store/${"6".repeat(32)}-p${i}`);
+    writeFileSync(closureFile, lines.join("\n") + "\n");
+    const configFile = path.join(tmp.path, "config.json");
+    writeFileSync(configFile, "{}");
+    const err = await rejection(buildNixImage({ configFile, closureFile, out: path.join(tmp.path, "image.tar") }));
+    t.ok(err instanceof InvalidArgumentError, "InvalidArgument");
+    t.match(err?.message ?? "", /would refuse this image's nix layer: nix layer has more than 16384 store path labels; give a closure file that is in the Nix store/);
+    t.notOk(existsSync(path.join(tmp.path, "image.tar")), "no archive written");
   });
 
   t.test("Update cannot turn a snapshot into a nix layer, nor make start-up remove one", async (t) => {

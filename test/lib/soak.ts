@@ -253,7 +253,16 @@ export interface KillResult {
  * acknowledged commit must be there, and every committed nix layer must
  * have its store paths present and rooted by links in gcroots/<id>.
  */
-export async function killRounds(o: { root: string; address: string; fixture: NixFixture; rounds: number; workers: number; config?: string }): Promise<KillResult> {
+export async function killRounds(o: {
+  root: string;
+  address: string;
+  fixture: NixFixture;
+  rounds: number;
+  workers: number;
+  /** The kill comes between this and twice this after the burst starts. */
+  killAfterMs: number;
+  config?: string;
+}): Promise<KillResult> {
   const res: KillResult = { rounds: 0, acknowledged: 0, lost: [], nixLayersChecked: 0, damage: [], errors: [] };
   const committed = new Map<string, readonly string[] | null>(); // name -> nix paths (null: plain)
   const env = { NIX_CONFIG: o.fixture.nixConfig };
@@ -300,7 +309,7 @@ export async function killRounds(o: { root: string; address: string; fixture: Ni
       const paths = o.fixture.closures[w % o.fixture.closures.length]!;
       for (let i = 0; !stop; i++) {
         const name = `r${round}w${w}-${i}`;
-        const nix = i % 3 === 0;
+        const nix = i % 3 === 1;
         try {
           await sn.prepare(`${name}-a`, "", { labels: nix ? nixLabels(paths) : { worker: String(w) } });
           await sn.commit(name, `${name}-a`);
@@ -318,7 +327,7 @@ export async function killRounds(o: { root: string; address: string; fixture: Ni
       }
     };
     const workers = Array.from({ length: o.workers }, (_, w) => worker(w));
-    await sleep(300 + ((round * 211) % 700));
+    await sleep(o.killAfterMs + ((round * 211) % o.killAfterMs));
     process.kill(daemon.pid, "SIGKILL");
     await daemon.exited;
     stop = true;
