@@ -102,11 +102,15 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
   const namespace = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>) =>
     (call.metadata.get("containerd-namespace")[0] as string | undefined) ?? undefined;
 
-  function unary<Req, Res>(method: string, keyOf: (req: Req) => string | undefined, fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
+  function unary<Req, Res>(
+    method: string,
+    keyOf: (req: Req) => string | undefined,
+    fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+  ): Unary<Req, Res> {
     return (call, callback) => {
       const started = process.hrtime.bigint();
       const key = keyOf(call.request);
-      fn(call.request).then(
+      fn(call.request, call).then(
         (res) => {
           if (log.enabled("debug")) {
             const ms = Number(process.hrtime.bigint() - started) / 1e6;
@@ -129,21 +133,19 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
   interface KeyReq { key: string }
   interface CreateReq { key: string; parent: string; labels: Record<string, string> }
 
-  /** Prepare and View may realise store paths: a caller that gives up stops that work. */
-  function cancellable<Req, Res>(method: string, keyOf: (req: Req) => string | undefined, fn: (req: Req, signal: AbortSignal) => Promise<Res>): Unary<Req, Res> {
-    return (call, callback) => {
-      const ac = new AbortController();
-      call.once("cancelled", () => ac.abort());
-      unary<Req, Res>(method, keyOf, (req) => fn(req, ac.signal))(call, callback);
-    };
+  /** Prepare and View may realise store paths: a caller that gives up (cancel, deadline) stops that work. */
+  function abortedWith(call: grpc.ServerUnaryCall<unknown, unknown>): AbortSignal {
+    const ac = new AbortController();
+    call.once("cancelled", () => ac.abort());
+    return ac.signal;
   }
 
   const handlers: grpc.UntypedServiceImplementation = {
-    Prepare: cancellable<CreateReq, Buffer>("prepare", (r) => r.key, async (r, signal) =>
-      encodeMountsResponse(await sn.prepare(r.key, r.parent, { labels: r.labels, signal })),
+    Prepare: unary<CreateReq, Buffer>("prepare", (r) => r.key, async (r, call) =>
+      encodeMountsResponse(await sn.prepare(r.key, r.parent, { labels: r.labels, signal: abortedWith(call) })),
     ),
-    View: cancellable<CreateReq, Buffer>("view", (r) => r.key, async (r, signal) =>
-      encodeMountsResponse(await sn.view(r.key, r.parent, { labels: r.labels, signal })),
+    View: unary<CreateReq, Buffer>("view", (r) => r.key, async (r, call) =>
+      encodeMountsResponse(await sn.view(r.key, r.parent, { labels: r.labels, signal: abortedWith(call) })),
     ),
     Mounts: unary<KeyReq, Buffer>("mounts", (r) => r.key, async (r) => encodeMountsResponse(await sn.mounts(r.key))),
     Commit: unary<{ name: string; key: string; labels: Record<string, string> }, unknown>("commit", (r) => r.key, async (r) => {

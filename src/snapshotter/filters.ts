@@ -27,6 +27,11 @@ import { InvalidArgumentError } from "../errors.js";
  * set here before any regexp with "l" is compiled.
  */
 v8.setFlagsFromString("--enable-experimental-regexp-engine");
+try {
+  new RegExp("a", "l");
+} catch {
+  throw new Error(`this Node.js (${process.version}) has no linear-time regexp engine; nix-snapshotter needs Node.js 20`);
+}
 
 /** Longer patterns are refused: compiling is linear in the pattern, but the automaton is not small. */
 export const MAX_REGEXP_LENGTH = 1024;

@@ -19,8 +19,7 @@
  */
 import { existsSync } from "node:fs";
 import { mkdir, open, readdir, rm, unlink } from "node:fs/promises";
-import { readdirSync, renameSync } from "node:fs";
-import { randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
 import path from "node:path";
 import { CancelledError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../errors.js";
 import type { Logger } from "../log.js";
@@ -29,7 +28,7 @@ import { isNixLayer, MAX_CLOSURE_FILE_BYTES, nixLayerFromLabels, parseClosureFil
 import { queryRequisites, waitForGarbageCollector, type Realiser } from "../nix/realise.js";
 import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
 import { validateLabels, type MetaStore } from "./metadata.js";
-import { fsyncPath, removeDir, type OverlaySnapshotter } from "./overlay.js";
+import { claimOrphanEntries, fsyncPath, removeDir, type OverlaySnapshotter } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 
 export interface NixOptions {
@@ -50,8 +49,6 @@ const CHECK_CONCURRENCY = 32;
  */
 const MAX_REALISE_ATTEMPTS = 3;
 
-/** Claimed orphan root directories are renamed to this prefix before they are deleted. */
-const TRASH_PREFIX = "rm-";
 
 export function storeBindMount(p: StorePath): Mount {
   return { type: "bind", source: p, target: p, options: ["ro", "rbind"] };
@@ -157,26 +154,11 @@ export class NixSnapshotter implements Snapshotter {
   private claimOrphanRoots(): string[] {
     const entries = readdirSync(this.gcrootsDir);
     const ids = this.ms.read(() => this.ms.ids());
-    const claimed: string[] = [];
-    for (const name of entries) {
-      if (ids.has(name)) continue;
-      if (name.startsWith(TRASH_PREFIX)) {
-        claimed.push(path.join(this.gcrootsDir, name));
-        continue;
-      }
-      const to = path.join(this.gcrootsDir, `${TRASH_PREFIX}${name}-${randomBytes(4).toString("hex")}`);
-      try {
-        renameSync(path.join(this.gcrootsDir, name), to);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue;
-        throw err;
-      }
+    return claimOrphanEntries(this.gcrootsDir, entries, (name) => ids.has(name), (name) => {
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
       this.bindMountsByParent.delete(name);
-      claimed.push(to);
-    }
-    return claimed;
+    });
   }
 
   async close(): Promise<void> {

@@ -233,33 +233,16 @@ export class OverlaySnapshotter implements Snapshotter {
 
   /**
    * The serialisation point of Cleanup: lists the directories, reads the
-   * ids, and renames every orphan to rm-* (a name no create ever uses), all
-   * synchronously, so no Prepare, Commit or Remove can run in between.
-   * Deleting the claimed trees happens afterwards, concurrently with other
-   * calls, on names nothing else touches.
+   * ids, and claims every orphan, all synchronously, so no Prepare, Commit
+   * or Remove can run in between.
    */
   private claimOrphans(): string[] {
-    const dir = this.paths.snapshotsDir;
-    const entries = readdirSync(dir);
+    const entries = readdirSync(this.paths.snapshotsDir);
     const ids = this.ms.read(() => this.ms.ids());
-    const claimed: string[] = [];
-    for (const name of entries) {
-      if (ids.has(name) || this.pending.has(name)) continue;
-      if (name.startsWith(TRASH_PREFIX)) {
-        claimed.push(path.join(dir, name)); // an earlier Cleanup's, interrupted
-        continue;
-      }
-      const to = path.join(dir, `${TRASH_PREFIX}${name}-${randomBytes(4).toString("hex")}`);
-      try {
-        renameSync(path.join(dir, name), to);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // a Remove got there first
-        throw err;
-      }
-      this.log.info("reclaiming directory no snapshot references", { dir: name });
-      claimed.push(to);
-    }
-    return claimed;
+    const keep = (name: string) => ids.has(name) || this.pending.has(name);
+    return claimOrphanEntries(this.paths.snapshotsDir, entries, keep, (name) =>
+      this.log.info("reclaiming directory no snapshot references", { dir: name }),
+    );
   }
 
   async close(): Promise<void> {
@@ -339,6 +322,35 @@ export class OverlaySnapshotter implements Snapshotter {
 
 /** Claimed orphans are renamed to this prefix before they are deleted. */
 const TRASH_PREFIX = "rm-";
+
+/**
+ * Renames every entry of dir that `keep` refuses to rm-* (a name no create
+ * ever uses) and returns the claimed paths, with those an interrupted
+ * earlier claim left. Synchronous, and to be called in the same
+ * synchronous step as the listing and the read of what to keep: the
+ * deletion of the claimed trees can then run concurrently with anything,
+ * on names nothing else touches.
+ */
+export function claimOrphanEntries(dir: string, entries: readonly string[], keep: (name: string) => boolean, claimed: (name: string) => void): string[] {
+  const out: string[] = [];
+  for (const name of entries) {
+    if (name.startsWith(TRASH_PREFIX)) {
+      out.push(path.join(dir, name));
+      continue;
+    }
+    if (keep(name)) continue;
+    const to = path.join(dir, `${TRASH_PREFIX}${name}-${randomBytes(4).toString("hex")}`);
+    try {
+      renameSync(path.join(dir, name), to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // a Remove got there first
+      throw err;
+    }
+    claimed(name);
+    out.push(to);
+  }
+  return out;
+}
 
 /** fsync of a directory (its entries) or file, by path. */
 export function fsyncPath(p: string): void {
