@@ -17,7 +17,8 @@ export type ErrorKind =
   | "failed-precondition"
   | "invalid-argument"
   | "unavailable"
-  | "unimplemented";
+  | "unimplemented"
+  | "cancelled";
 
 export class NotFoundError extends SnapshotterError {
   readonly kind = "not-found" as const;
@@ -36,6 +37,10 @@ export class UnavailableError extends SnapshotterError {
 }
 export class UnimplementedError extends SnapshotterError {
   readonly kind = "unimplemented" as const;
+}
+/** The caller gave up (cancelled or timed out); the work was stopped and undone. */
+export class CancelledError extends SnapshotterError {
+  readonly kind = "cancelled" as const;
 }
 
 /** A message for humans: the error's own text, never a stack. */

@@ -23,6 +23,8 @@ export interface SnapshotsClientOptions {
   snapshotter?: string;
   /** containerd namespace, sent as the containerd-namespace header. */
   namespace?: string;
+  /** A connection of its own (grpc-js otherwise shares one per target within a process). */
+  ownConnection?: boolean;
 }
 
 export function grpcTarget(address: string): string {
@@ -38,19 +40,25 @@ export class SnapshotsClient implements Snapshotter {
     const Ctor = snapshotsService();
     this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": 64 * 1024 * 1024,
+      ...(opts.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
     });
     this.snapshotter = opts.snapshotter ?? "";
     this.metadata = new grpc.Metadata();
     if (opts.namespace) this.metadata.set("containerd-namespace", opts.namespace);
   }
 
-  private call<Res>(method: string, req: object): Promise<Res> {
+  private call<Res>(method: string, req: object, signal?: AbortSignal): Promise<Res> {
     return new Promise((resolve, reject) => {
       const fn = (this.client as unknown as Record<string, Function>)[method]!;
-      fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
+      const call = fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
+        signal?.removeEventListener("abort", cancel);
         if (err) reject(fromStatus(err));
         else resolve(res);
-      });
+      }) as grpc.ClientUnaryCall;
+      // A caller that gives up cancels the call; the server stops its work.
+      const cancel = () => call.cancel();
+      if (signal?.aborted) cancel();
+      else signal?.addEventListener("abort", cancel, { once: true });
     });
   }
 
@@ -60,7 +68,7 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
-    const wire = toWireInfo({ ...info, parent: "", kind: "active", created: new Date(0), updated: new Date(0) });
+    const wire = toWireInfo({ ...info, parent: "", kind: "active", created: 0n, updated: 0n });
     const res = await this.call<{ info: WireInfo }>("Update", {
       info: { name: wire.name, labels: wire.labels },
       updateMask: fieldPaths.length ? { paths: fieldPaths } : null,
@@ -79,12 +87,12 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
-    const res = await this.call<{ mounts: WireMount[] }>("Prepare", { key, parent, labels: opts.labels ?? {} });
+    const res = await this.call<{ mounts: WireMount[] }>("Prepare", { key, parent, labels: opts.labels ?? {} }, opts.signal);
     return res.mounts.map(fromWireMount);
   }
 
   async view(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
-    const res = await this.call<{ mounts: WireMount[] }>("View", { key, parent, labels: opts.labels ?? {} });
+    const res = await this.call<{ mounts: WireMount[] }>("View", { key, parent, labels: opts.labels ?? {} }, opts.signal);
     return res.mounts.map(fromWireMount);
   }
 

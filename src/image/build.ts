@@ -6,7 +6,8 @@
  */
 import { readFile, realpath } from "node:fs/promises";
 import { InvalidArgumentError } from "../errors.js";
-import { parseClosureFile } from "../nix/labels.js";
+import { NIX_CLOSURE_LABEL, nixLayerFromLabels, parseClosureFile } from "../nix/labels.js";
+import { validateLabels } from "../snapshotter/label-limits.js";
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
 import { DEFAULT_CREATED, type LayerInput, writeImageArchive, type WrittenImage } from "./archive.js";
 import { type BaseImage, mergeContainerConfig, readBaseImage } from "./from-image.js";
@@ -49,6 +50,21 @@ async function inStore(file: string): Promise<string | undefined> {
   return real.startsWith(DEFAULT_STORE_DIR + "/") ? real : undefined;
 }
 
+/**
+ * containerd hands the layer's annotations to the snapshotter as labels:
+ * refuse, now, an image whose labels nix-snapshotter would refuse on
+ * Prepare (the same rules, from the same modules).
+ */
+function checkDaemonAccepts(annotations: Record<string, string>, closureFile: string): void {
+  try {
+    validateLabels(annotations);
+    nixLayerFromLabels(annotations);
+  } catch (err) {
+    const hint = annotations[NIX_CLOSURE_LABEL] === undefined ? "; give a closure file that is in the Nix store (closureInfo's store-paths) so the image can name it in a nix-closure annotation" : "";
+    throw new InvalidArgumentError(`closure ${closureFile}: nix-snapshotter would refuse this image's nix layer: ${(err as Error).message}${hint}`);
+  }
+}
+
 export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
   const config = parseImageConfig(await readJson(o.configFile, "image config"), o.configFile);
   let closure = parseClosureFile(await readText(o.closureFile, "closure file"), o.closureFile);
@@ -86,8 +102,10 @@ export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
     }
   }
 
+  const annotations = nixLayerAnnotations(closure, await inStore(o.closureFile));
+  checkDaemonAccepts(annotations, o.closureFile);
   const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
-  const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations: nixLayerAnnotations(closure, await inStore(o.closureFile)) };
+  const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations };
   return writeImageArchive(
     {
       layers: [...(base?.layers ?? []), nixLayer],

@@ -17,11 +17,16 @@ export const NIX_STORE_PATH_LABEL_PREFIX = "containerd.io/snapshot/nix-store-pat
 export const NIX_STORE_BASENAME_LABEL_PREFIX = "containerd.io/snapshot/nix/store.";
 
 /**
- * More store-path labels than any real image carries (closures of tens of
- * thousands of paths use the nix-closure label instead); a bound keeps a
- * hostile image from making one Prepare do unbounded work.
+ * The most store-path labels a layer without a nix-closure label may carry:
+ * each is realised and rooted on its own, so the bound keeps a hostile image
+ * from making one Prepare do unbounded work. With nix-closure, one path is
+ * rooted for the whole closure and the per-path labels only add to it;
+ * then the metadata store's per-call label limits are the bound.
  */
 export const MAX_STORE_PATH_LABELS = 16_384;
+
+/** A closure file larger than this is refused (about 300,000 store paths). */
+export const MAX_CLOSURE_FILE_BYTES = 32 * 1024 * 1024;
 
 export interface NixLayer {
   /** The closure file (a store path, or a file inside one), when the image names one. */
@@ -44,6 +49,7 @@ export function nixLayerFromLabels(labels: Record<string, string>, storeDir?: st
   if (marker !== "true") {
     throw new InvalidArgumentError(`label ${NIX_LAYER_LABEL} must be "true", got ${JSON.stringify(marker.slice(0, 64))}`);
   }
+  const closure = labels[NIX_CLOSURE_LABEL];
   const paths = new Set<StorePath>();
   let count = 0;
   for (const [key, value] of Object.entries(labels)) {
@@ -51,13 +57,12 @@ export function nixLayerFromLabels(labels: Record<string, string>, storeDir?: st
     if (key.startsWith(NIX_STORE_PATH_LABEL_PREFIX)) parsed = labelValue(key, () => parseStorePath(value, storeDir));
     else if (key.startsWith(NIX_STORE_BASENAME_LABEL_PREFIX)) parsed = labelValue(key, () => parseStorePathBaseName(value, storeDir));
     if (parsed === undefined) continue;
-    if (++count > MAX_STORE_PATH_LABELS) {
+    if (++count > MAX_STORE_PATH_LABELS && closure === undefined) {
       throw new InvalidArgumentError(`nix layer has more than ${MAX_STORE_PATH_LABELS} store path labels; use a ${NIX_CLOSURE_LABEL} label for large closures`);
     }
     paths.add(parsed);
   }
   const layer: NixLayer = { paths: [...paths].sort() };
-  const closure = labels[NIX_CLOSURE_LABEL];
   if (closure !== undefined) {
     try {
       layer.closure = parseStoreFile(closure, storeDir);

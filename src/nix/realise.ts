@@ -10,15 +10,24 @@
  * `<builder> <outLink> <storePath>`, once per path; it must leave a symlink
  * at outLink pointing at the realised storePath (and may root it however it
  * likes, e.g. `nix build --out-link outLink storePath`).
+ *
+ * Every child runs in its own process group: a caller that gives up (the
+ * AbortSignal) stops the whole tree (SIGTERM, SIGKILL after a grace
+ * period), and the call settles only once the child has exited, so nothing
+ * it does can land after the caller undid its work.
  */
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { FailedPreconditionError } from "../errors.js";
+import { CancelledError, FailedPreconditionError, UnavailableError } from "../errors.js";
 import type { StorePath } from "./store-path.js";
 
 export interface Realiser {
-  /** Realises paths and roots them under rootDir (an existing, empty directory). */
-  realise(paths: readonly StorePath[], rootDir: string): Promise<void>;
+  /**
+   * Realises paths and roots them under rootDir (an existing, empty
+   * directory). When signal aborts, the work is stopped and the promise
+   * rejects with CancelledError once no child process is left.
+   */
+  realise(paths: readonly StorePath[], rootDir: string, signal?: AbortSignal): Promise<void>;
 }
 
 interface Result {
@@ -26,15 +35,44 @@ interface Result {
   stderr: string;
 }
 
-function runProcess(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Result> {
+/** SIGTERM lets nix-store release its locks; a child that ignores it gets SIGKILL after this. */
+const KILL_GRACE_MS = 5_000;
+
+export function runProcess(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"], env: env ?? process.env });
+    if (opts.signal?.aborted) return reject(new CancelledError(`${cmd}: cancelled before it started`));
+    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"], env: opts.env ?? process.env, detached: true });
     let stderr = "";
+    let killTimer: NodeJS.Timeout | undefined;
+    const kill = (sig: NodeJS.Signals) => {
+      try {
+        process.kill(-child.pid!, sig); // the whole group: a builder's own children too
+      } catch {
+        /* already gone */
+      }
+    };
+    const onAbort = () => {
+      kill("SIGTERM");
+      killTimer = setTimeout(() => kill("SIGKILL"), KILL_GRACE_MS);
+    };
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
     child.stderr.on("data", (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-16_384);
     });
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stderr }));
+    child.once("error", (err) => {
+      opts.signal?.removeEventListener("abort", onAbort);
+      reject(err);
+    });
+    child.once("close", (code) => {
+      opts.signal?.removeEventListener("abort", onAbort);
+      clearTimeout(killTimer);
+      // A group member that outlived the leader (a builder's background
+      // job) must not outlive the call either.
+      if (opts.signal?.aborted) {
+        kill("SIGKILL");
+        reject(new CancelledError(`${cmd} stopped: the caller gave up`));
+      } else resolve({ code, stderr });
+    });
   });
 }
 
@@ -48,42 +86,63 @@ export function summariseStderr(stderr: string): string {
   return lines.slice(-3).join("; ") || "(no output)";
 }
 
-export class NixStoreRealiser implements Realiser {
-  constructor(private readonly nixStore = "nix-store") {}
+/** Nix's words when it cannot reach the Nix daemon (NIX_REMOTE=daemon). */
+const DAEMON_DOWN = /cannot connect to (?:socket|daemon)|daemon-socket\/socket.*(?:Connection refused|No such file)/i;
 
-  async realise(paths: readonly StorePath[], rootDir: string): Promise<void> {
+export class NixStoreRealiser implements Realiser {
+  constructor(
+    private readonly nixStore = "nix-store",
+    private readonly env?: NodeJS.ProcessEnv,
+  ) {}
+
+  async realise(paths: readonly StorePath[], rootDir: string, signal?: AbortSignal): Promise<void> {
     if (paths.length === 0) return;
     const args = ["--realise", "--add-root", path.join(rootDir, "root"), ...paths];
     let res: Result;
     try {
-      res = await runProcess(this.nixStore, args);
+      res = await runProcess(this.nixStore, args, { env: this.env, signal });
     } catch (err) {
+      if (err instanceof CancelledError) throw err;
       throw new FailedPreconditionError(`cannot run ${this.nixStore}: ${(err as Error).message} (is Nix installed and on PATH?)`);
     }
     if (res.code !== 0) {
       const what = paths.length === 1 ? paths[0] : `${paths.length} store paths (${paths[0]}, ...)`;
-      throw new FailedPreconditionError(`nix-store --realise of ${what} failed: ${summariseStderr(res.stderr)}`);
+      const why = summariseStderr(res.stderr);
+      if (DAEMON_DOWN.test(res.stderr)) {
+        throw new UnavailableError(`nix-store --realise of ${what}: the Nix daemon is not reachable (${why}); start nix-daemon`);
+      }
+      throw new FailedPreconditionError(`nix-store --realise of ${what} failed: ${why}`);
     }
   }
 }
 
-/** Calls `<builder> <outLink> <storePath>` per path, a few at a time. */
+/**
+ * Calls `<builder> <outLink> <storePath>` per path, a few at a time. The
+ * first failure stops the others (their process groups are killed) and the
+ * call settles once every builder has exited.
+ */
 export class ExternalBuilderRealiser implements Realiser {
   constructor(
     private readonly builder: string,
     private readonly concurrency = 4,
   ) {}
 
-  async realise(paths: readonly StorePath[], rootDir: string): Promise<void> {
+  async realise(paths: readonly StorePath[], rootDir: string, signal?: AbortSignal): Promise<void> {
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) stop.abort();
     let next = 0;
+    let failure: unknown;
     const work = async () => {
-      while (next < paths.length) {
+      while (next < paths.length && !stop.signal.aborted) {
         const p = paths[next++]!;
         const outLink = path.join(rootDir, path.basename(p));
         let res: Result;
         try {
-          res = await runProcess(this.builder, [outLink, p]);
+          res = await runProcess(this.builder, [outLink, p], { signal: stop.signal });
         } catch (err) {
+          if (err instanceof CancelledError) return;
           throw new FailedPreconditionError(`cannot run external builder ${this.builder}: ${(err as Error).message}`);
         }
         if (res.code !== 0) {
@@ -91,6 +150,64 @@ export class ExternalBuilderRealiser implements Realiser {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, paths.length) }, work));
+    const workers = Array.from({ length: Math.min(this.concurrency, paths.length) }, () =>
+      work().catch((err: unknown) => {
+        failure ??= err;
+        stop.abort();
+      }),
+    );
+    try {
+      await Promise.all(workers);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (failure !== undefined) throw failure;
+    if (signal?.aborted) throw new CancelledError(`external builder ${this.builder} stopped: the caller gave up`);
   }
+}
+
+/**
+ * Waits until no Nix garbage collection is running. A collection that began
+ * before our root link existed read the permanent roots without it, and
+ * with Nix 2.8 it may still delete a path that `nix-store --realise
+ * --add-root` just realised and rooted. Every collector holds gc.lock
+ * exclusively (flock) for its whole run, and anything that takes it shared
+ * waits for that run to end; after that, every collector sees our root.
+ * Returns false when the lock cannot be taken (e.g. a store owned by
+ * another user): the caller's check of the paths is then all there is.
+ */
+export async function waitForGarbageCollector(signal?: AbortSignal): Promise<boolean> {
+  const lock = path.join(process.env["NIX_STATE_DIR"] ?? "/nix/var/nix", "gc.lock");
+  try {
+    const res = await runProcess("flock", ["--shared", "--wait", "300", lock, "true"], { signal });
+    return res.code === 0;
+  } catch (err) {
+    if (err instanceof CancelledError) throw err;
+    return false;
+  }
+}
+
+/** The closure of a store path (nix-store --query --requisites), or undefined when Nix cannot say. */
+export async function queryRequisites(p: StorePath, signal?: AbortSignal, nixStore = "nix-store"): Promise<Set<string> | undefined> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new CancelledError("cancelled"));
+    const child = spawn(nixStore, ["--query", "--requisites", p], { stdio: ["ignore", "pipe", "ignore"], detached: true });
+    const chunks: Buffer[] = [];
+    const onAbort = () => {
+      try {
+        process.kill(-child.pid!, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    child.stdout.on("data", (d: Buffer) => chunks.push(d));
+    child.once("error", () => resolve(undefined));
+    child.once("close", (code) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (signal?.aborted) return reject(new CancelledError("nix-store --query stopped: the caller gave up"));
+      if (code !== 0) return resolve(undefined);
+      resolve(new Set(Buffer.concat(chunks).toString().split("\n").filter((l) => l !== "")));
+    });
+  });
 }

@@ -53,6 +53,8 @@ export class NixImagePuller implements NixPuller {
       try {
         await this.o.realiser.realise([archive as never], dir);
       } catch (err) {
+        // A Nix daemon that is down is not a missing image: let kubelet retry.
+        if (err instanceof UnavailableError) throw err;
         throw new NotFoundError(`image archive ${archive} is not in the Nix store and could not be substituted: ${(err as Error).message}`);
       }
       this.o.log.info("loading nix image archive", { ref: name, archive });

@@ -34,14 +34,22 @@ export interface WireMount {
 const KIND_TO_WIRE: Record<Kind, string> = { view: "VIEW", active: "ACTIVE", committed: "COMMITTED" };
 const WIRE_TO_KIND: Record<string, Kind> = { VIEW: "view", ACTIVE: "active", COMMITTED: "committed" };
 
-export function toWireTimestamp(d: Date): WireTimestamp {
-  const ms = d.getTime();
-  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+const NS_PER_S = 1_000_000_000n;
+
+/** Nanoseconds since the epoch as google.protobuf.Timestamp (no precision lost). */
+export function toWireTimestamp(ns: bigint): WireTimestamp {
+  let s = ns / NS_PER_S;
+  let n = ns % NS_PER_S;
+  if (n < 0n) {
+    s -= 1n;
+    n += NS_PER_S;
+  }
+  return { seconds: Number(s), nanos: Number(n) };
 }
 
-export function fromWireTimestamp(t: WireTimestamp | null | undefined): Date {
-  if (!t) return new Date(0);
-  return new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6));
+export function fromWireTimestamp(t: WireTimestamp | null | undefined): bigint {
+  if (!t) return 0n;
+  return BigInt(t.seconds) * NS_PER_S + BigInt(t.nanos);
 }
 
 export function toWireInfo(info: Info): WireInfo {
@@ -94,11 +102,15 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
   const namespace = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>) =>
     (call.metadata.get("containerd-namespace")[0] as string | undefined) ?? undefined;
 
-  function unary<Req, Res>(method: string, keyOf: (req: Req) => string | undefined, fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
+  function unary<Req, Res>(
+    method: string,
+    keyOf: (req: Req) => string | undefined,
+    fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+  ): Unary<Req, Res> {
     return (call, callback) => {
       const started = process.hrtime.bigint();
       const key = keyOf(call.request);
-      fn(call.request).then(
+      fn(call.request, call).then(
         (res) => {
           if (log.enabled("debug")) {
             const ms = Number(process.hrtime.bigint() - started) / 1e6;
@@ -121,12 +133,19 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
   interface KeyReq { key: string }
   interface CreateReq { key: string; parent: string; labels: Record<string, string> }
 
+  /** Prepare and View may realise store paths: a caller that gives up (cancel, deadline) stops that work. */
+  function abortedWith(call: grpc.ServerUnaryCall<unknown, unknown>): AbortSignal {
+    const ac = new AbortController();
+    call.once("cancelled", () => ac.abort());
+    return ac.signal;
+  }
+
   const handlers: grpc.UntypedServiceImplementation = {
-    Prepare: unary<CreateReq, Buffer>("prepare", (r) => r.key, async (r) =>
-      encodeMountsResponse(await sn.prepare(r.key, r.parent, { labels: r.labels })),
+    Prepare: unary<CreateReq, Buffer>("prepare", (r) => r.key, async (r, call) =>
+      encodeMountsResponse(await sn.prepare(r.key, r.parent, { labels: r.labels, signal: abortedWith(call) })),
     ),
-    View: unary<CreateReq, Buffer>("view", (r) => r.key, async (r) =>
-      encodeMountsResponse(await sn.view(r.key, r.parent, { labels: r.labels })),
+    View: unary<CreateReq, Buffer>("view", (r) => r.key, async (r, call) =>
+      encodeMountsResponse(await sn.view(r.key, r.parent, { labels: r.labels, signal: abortedWith(call) })),
     ),
     Mounts: unary<KeyReq, Buffer>("mounts", (r) => r.key, async (r) => encodeMountsResponse(await sn.mounts(r.key))),
     Commit: unary<{ name: string; key: string; labels: Record<string, string> }, unknown>("commit", (r) => r.key, async (r) => {

@@ -7,6 +7,7 @@
 import * as grpc from "@grpc/grpc-js";
 import {
   AlreadyExistsError,
+  CancelledError,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
@@ -23,6 +24,7 @@ const CODE: Record<ErrorKind, grpc.status> = {
   "invalid-argument": grpc.status.INVALID_ARGUMENT,
   unavailable: grpc.status.UNAVAILABLE,
   unimplemented: grpc.status.UNIMPLEMENTED,
+  cancelled: grpc.status.CANCELLED,
 };
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
@@ -49,6 +51,9 @@ export function fromStatus(err: unknown): Error {
       return new UnavailableError(msg);
     case grpc.status.UNIMPLEMENTED:
       return new UnimplementedError(msg);
+    case grpc.status.CANCELLED:
+    case grpc.status.DEADLINE_EXCEEDED:
+      return new CancelledError(msg);
     default:
       return new Error(msg);
   }

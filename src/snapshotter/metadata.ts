@@ -17,7 +17,9 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from "../errors.js";
+import { nowMicros } from "./clock.js";
 import type { Info, Kind, Usage } from "./snapshotter.js";
+import { validateLabels } from "./label-limits.js";
 
 /** What the overlay layer needs to compute mounts: the id chain. */
 export interface SnapshotRecord {
@@ -33,6 +35,7 @@ interface Row {
   parent_id: number | null;
   kind: number;
   labels: string;
+  /** Microseconds since the Unix epoch (schema 2; milliseconds in schema 1). */
   created: number;
   updated: number;
   size: number;
@@ -42,10 +45,26 @@ interface Row {
 const KIND_CODE: Record<Kind, number> = { view: 1, active: 2, committed: 3 };
 const CODE_KIND: Record<number, Kind> = { 1: "view", 2: "active", 3: "committed" };
 
-/** containerd refuses a label whose key and value together exceed this. */
-export const MAX_LABEL_BYTES = 4096;
+export { MAX_LABEL_BYTES, MAX_LABELS, MAX_LABELS_TOTAL_BYTES, validateLabels } from "./label-limits.js";
 
-const SCHEMA_VERSION = 1;
+/**
+ * 1: the first release. 2: times in microseconds (were milliseconds); the
+ * nix_layers table (a nix layer's state and store paths, which schema 1
+ * kept in gcroots/<id>/store-paths files and a label).
+ */
+export const SCHEMA_VERSION = 2;
+
+/** A nix layer's state: being realised (its roots incomplete), or ready. */
+export type NixLayerState = "preparing" | "ready";
+
+export interface NixLayerRecord {
+  state: NixLayerState;
+  /** The layer's store paths (validated when written), sorted. */
+  paths: string[];
+}
+
+const NIX_STATE_CODE: Record<NixLayerState, number> = { preparing: 1, ready: 2 };
+const CODE_NIX_STATE: Record<number, NixLayerState> = { 1: "preparing", 2: "ready" };
 
 export class MetaStore {
   private readonly db: Database.Database;
@@ -53,50 +72,72 @@ export class MetaStore {
   /** One reusable transaction wrapper (building one per call is measurable). */
   private readonly runInTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
 
+  /** The schema version the file had when opened (0: new). */
+  readonly openedVersion: number;
+
   constructor(file: string) {
     this.db = new Database(file);
     chmodSync(file, 0o600);
-    // WAL: a commit is one append. NORMAL sync by default: every commit
-    // survives a process crash (kill -9), and the database is never
-    // corrupted; on power loss the last transactions may roll back, which
-    // for creating and removing snapshots leaves a directory without a row,
-    // or a row without a directory, both repaired at start-up. Commits and
-    // label updates, whose loss would contradict containerd's own durable
-    // metadata, are synced (durable: true). An fsync per call blocks the
-    // event loop for a fraction of a millisecond, the daemon's largest cost.
+    // WAL with FULL sync: every write transaction is on disk before the call
+    // that made it is answered. containerd records a snapshot in its own
+    // (synced) database once we answer Prepare or Commit, so a transaction
+    // lost to a power loss would leave containerd naming a snapshot we
+    // forgot, and start-up would reclaim its directory as an orphan. The
+    // cost is one fsync of the log per write call (measured by
+    // bench/snapshotter); reads never sync.
     this.db.pragma("journal_mode = WAL");
-    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
+    this.openedVersion = this.db.pragma("user_version", { simple: true }) as number;
     this.migrate();
     this.stmts = this.prepareStatements();
     this.runInTransaction = this.db.transaction((fn: () => unknown) => fn());
   }
 
   private migrate(): void {
-    const version = this.db.pragma("user_version", { simple: true }) as number;
+    const version = this.openedVersion;
     if (version > SCHEMA_VERSION) {
       throw new Error(
         `metadata database schema ${version} is newer than this nix-snapshotter understands (${SCHEMA_VERSION}); upgrade nix-snapshotter`,
       );
     }
     if (version === SCHEMA_VERSION) return;
-    // AUTOINCREMENT: ids are never reused, so a directory left behind by a
-    // crash can never be mistaken for a newer snapshot's.
-    this.db.exec(`
-      CREATE TABLE IF NOT EXISTS snapshots (
-        id        INTEGER PRIMARY KEY AUTOINCREMENT,
-        key       TEXT NOT NULL UNIQUE,
-        parent_id INTEGER REFERENCES snapshots(id),
-        kind      INTEGER NOT NULL,
-        labels    TEXT NOT NULL DEFAULT '{}',
-        created   INTEGER NOT NULL,
-        updated   INTEGER NOT NULL,
-        size      INTEGER NOT NULL DEFAULT 0,
-        inodes    INTEGER NOT NULL DEFAULT 0
-      );
-      CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
-      PRAGMA user_version = ${SCHEMA_VERSION};
-    `);
+    // One transaction: a crash part-way leaves schema `version` untouched.
+    this.db.transaction(() => {
+      if (version === 0) {
+        // AUTOINCREMENT: ids are never reused, so a directory left behind by
+        // a crash can never be mistaken for a newer snapshot's.
+        this.db.exec(`
+          CREATE TABLE snapshots (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            key       TEXT NOT NULL UNIQUE,
+            parent_id INTEGER REFERENCES snapshots(id),
+            kind      INTEGER NOT NULL,
+            labels    TEXT NOT NULL DEFAULT '{}',
+            created   INTEGER NOT NULL,
+            updated   INTEGER NOT NULL,
+            size      INTEGER NOT NULL DEFAULT 0,
+            inodes    INTEGER NOT NULL DEFAULT 0
+          );
+          CREATE INDEX snapshots_parent ON snapshots(parent_id);`);
+      } else {
+        // Schema 1 kept milliseconds.
+        this.db.exec("UPDATE snapshots SET created = created * 1000, updated = updated * 1000");
+      }
+      // A nix layer's state lives with its snapshot (same transaction, gone
+      // with it). Nothing a client can Update decides it.
+      this.db.exec(`
+        CREATE TABLE nix_layers (
+          id    INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+          state INTEGER NOT NULL,
+          paths TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE legacy_import (pending INTEGER NOT NULL);`);
+      // Schema 1 kept nix layers outside the database: the Nix decorator
+      // imports them (importLegacyNixLayers) and clears this mark.
+      if (version === 1) this.db.exec("INSERT INTO legacy_import (pending) VALUES (1)");
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    }).immediate();
   }
 
   private prepareStatements() {
@@ -139,6 +180,13 @@ export class MetaStore {
       childless: db.prepare<[], { id: number }>(
         "SELECT id FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent_id = s.id)",
       ),
+      kindById: db.prepare<[number], { kind: number }>("SELECT kind FROM snapshots WHERE id = ?"),
+      nixInsert: db.prepare<[number, number, string]>("INSERT INTO nix_layers (id, state, paths) VALUES (?, ?, ?)"),
+      nixReady: db.prepare<[string, number]>(`UPDATE nix_layers SET state = ${NIX_STATE_CODE.ready}, paths = ? WHERE id = ?`),
+      nixGet: db.prepare<[number], { state: number; paths: string }>("SELECT state, paths FROM nix_layers WHERE id = ?"),
+      nixPreparing: db.prepare<[], { id: number }>(`SELECT id FROM nix_layers WHERE state = ${NIX_STATE_CODE.preparing}`),
+      legacyPending: db.prepare<[], { pending: number }>("SELECT pending FROM legacy_import LIMIT 1"),
+      legacyDone: db.prepare("DELETE FROM legacy_import"),
     };
   }
 
@@ -147,16 +195,8 @@ export class MetaStore {
    * purpose: better-sqlite3 has one connection, and an await inside a
    * transaction would let another request's statements join it.
    */
-  transaction<T>(fn: () => T, opts: { durable?: boolean } = {}): T {
-    if (!opts.durable) return this.runInTransaction.immediate(fn) as T;
-    // In WAL mode, FULL syncs the log at this commit (and with it every
-    // earlier commit still unsynced).
-    this.db.pragma("synchronous = FULL");
-    try {
-      return this.runInTransaction.immediate(fn) as T;
-    } finally {
-      this.db.pragma("synchronous = NORMAL");
-    }
+  transaction<T>(fn: () => T): T {
+    return this.runInTransaction.immediate(fn) as T;
   }
 
   /**
@@ -185,8 +225,8 @@ export class MetaStore {
       parent,
       kind: CODE_KIND[row.kind]!,
       labels: JSON.parse(row.labels) as Record<string, string>,
-      created: new Date(row.created),
-      updated: new Date(row.updated),
+      created: microsToNanos(row.created),
+      updated: microsToNanos(row.updated),
     };
   }
 
@@ -222,7 +262,7 @@ export class MetaStore {
       parentId = p.id;
     }
     if (this.stmts.byKey.get(key)) throw new AlreadyExistsError(`snapshot ${JSON.stringify(key)} already exists`);
-    const now = Date.now();
+    const now = nowMicros();
     const res = this.stmts.insert.run(key, parentId, KIND_CODE[kind], JSON.stringify(labels), now, now);
     const id = Number(res.lastInsertRowid);
     return { id: String(id), kind, parentIds: parentId === null ? [] : [String(parentId), ...this.parentIds(parentId)] };
@@ -239,19 +279,74 @@ export class MetaStore {
     }
     // As containerd: a commit is a new snapshot in time (created = updated =
     // now) that keeps its id, and its labels are the commit's own.
-    const now = Date.now();
+    const now = nowMicros();
     this.stmts.commit.run(name, KIND_CODE.committed, JSON.stringify(labels), now, now, usage.size, usage.inodes, row.id);
     return String(row.id);
   }
 
-  /** Removes the record; refuses one with children. Returns its id and kind. */
-  remove(key: string): { id: string; kind: Kind } {
+  /**
+   * Removes the record; refuses one with children. `check` runs first with
+   * the id (a decorator's own refusal, in the same transaction). Returns
+   * its id and kind.
+   */
+  remove(key: string, check?: (id: string) => void): { id: string; kind: Kind } {
     const row = this.row(key);
+    check?.(String(row.id));
     if (this.stmts.hasChild.get(row.id)) {
       throw new FailedPreconditionError(`cannot remove snapshot ${JSON.stringify(key)}: it has children`);
     }
     this.stmts.remove.run(row.id);
     return { id: String(row.id), kind: CODE_KIND[row.kind]! };
+  }
+
+  /**
+   * Removes the record with this id unless something builds on it. By id,
+   * not key: undoing a failed Prepare must never remove another snapshot
+   * that took the key since. Returns whether a row went.
+   */
+  removeIfChildless(id: string): boolean {
+    if (this.stmts.hasChild.get(Number(id))) return false;
+    return this.stmts.remove.run(Number(id)).changes > 0;
+  }
+
+  /** Records a nix layer being realised; runs in the snapshot's creating transaction. */
+  addNixLayer(id: string): void {
+    this.stmts.nixInsert.run(Number(id), NIX_STATE_CODE.preparing, "");
+  }
+
+  /** Marks a nix layer ready with its store paths. */
+  setNixLayerReady(id: string, paths: readonly string[]): void {
+    if (this.stmts.nixReady.run(paths.join("\n"), Number(id)).changes !== 1) {
+      throw new NotFoundError(`nix layer ${id} no longer exists`);
+    }
+  }
+
+  /** A snapshot's nix layer state, or undefined when it is no nix layer. */
+  nixLayer(id: string): NixLayerRecord | undefined {
+    const r = this.stmts.nixGet.get(Number(id));
+    if (!r) return undefined;
+    return { state: CODE_NIX_STATE[r.state]!, paths: r.paths === "" ? [] : r.paths.split("\n") };
+  }
+
+  /** Ids of nix layers still being realised (at start-up: interrupted). */
+  preparingNixLayers(): string[] {
+    return this.stmts.nixPreparing.all().map((r) => String(r.id));
+  }
+
+  /** Whether a schema 1 database still waits for its nix layers to be imported. */
+  legacyImportPending(): boolean {
+    return (this.stmts.legacyPending.get()?.pending ?? 0) === 1;
+  }
+
+  /** Imports schema 1's nix layers and clears the mark, in one transaction. */
+  importLegacyNixLayers(layers: { id: string; state: NixLayerState; paths: string[] }[]): void {
+    this.transaction(() => {
+      for (const l of layers) {
+        if (!this.stmts.kindById.get(Number(l.id))) continue;
+        this.stmts.nixInsert.run(Number(l.id), NIX_STATE_CODE[l.state], l.paths.join("\n"));
+      }
+      this.stmts.legacyDone.run();
+    });
   }
 
   updateLabels(name: string, labels: Record<string, string>, fieldPaths: string[]): Info {
@@ -278,7 +373,7 @@ export class MetaStore {
     }
     for (const k of Object.keys(next)) if (next[k] === "") delete next[k];
     validateLabels(next);
-    this.stmts.setLabels.run(JSON.stringify(next), Date.now(), row.id);
+    this.stmts.setLabels.run(JSON.stringify(next), nowMicros(), row.id);
     return this.info(this.row(name));
   }
 
@@ -302,8 +397,8 @@ export class MetaStore {
       parent: row.parent_id === null ? "" : keys.get(row.parent_id) ?? "",
       kind: CODE_KIND[row.kind]!,
       labels: JSON.parse(row.labels) as Record<string, string>,
-      created: new Date(row.created),
-      updated: new Date(row.updated),
+      created: microsToNanos(row.created),
+      updated: microsToNanos(row.updated),
     }));
   }
 
@@ -327,13 +422,6 @@ export class MetaStore {
   }
 }
 
-export function validateLabels(labels: Record<string, string>): void {
-  for (const [k, v] of Object.entries(labels)) {
-    if (k === "") throw new InvalidArgumentError("label key must not be empty");
-    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_BYTES) {
-      throw new InvalidArgumentError(
-        `label ${JSON.stringify(k.slice(0, 64))}: key and value exceed ${MAX_LABEL_BYTES} bytes`,
-      );
-    }
-  }
+function microsToNanos(us: number): bigint {
+  return BigInt(us) * 1000n;
 }

@@ -2,27 +2,33 @@
  * The Nix behaviour, as a decorator over the overlay snapshotter:
  *   - Prepare of a nix layer (label containerd.io/snapshot/nix-layer) reads
  *     its store paths from the labels, realises them with one Nix call and
- *     roots them under <root>/gcroots/<snapshot id>/, atomically with the
- *     snapshot's creation;
+ *     roots them under <root>/gcroots/<snapshot id>/;
  *   - Mounts of any snapshot above nix layers add one read-only bind mount
- *     per store path of its chain, with a target inside the rootfs;
+ *     per store path of its chain, with a target inside the rootfs, after
+ *     checking every one is in the store (never a bind of nothing);
  *   - Remove and Cleanup delete the roots, so `nix-store --gc` can collect
  *     what no image uses any more.
  *
- * Layout under <root>/gcroots/<id>/: the GC root links Nix made
- * (root, root-2, ...) and `store-paths`, the layer's store paths, one per
- * line, written last: its presence marks a nix layer whose roots are
- * complete, and it is what Mounts reads (and caches) for the chain.
+ * A nix layer's state lives in the metadata database (table nix_layers),
+ * written in the transaction that creates the snapshot ("preparing") and
+ * set "ready" with its store paths once every path is realised, rooted and
+ * present. Whether a snapshot is a nix layer, and what start-up repair
+ * removes, is read from there, never from labels a client can Update.
+ * gcroots/<id>/ holds only the root links Nix made (root, root-2, ...;
+ * extra/ and again-N/ for paths rooted by later calls).
  */
-import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, open, readdir, rm, unlink } from "node:fs/promises";
+import { readdirSync } from "node:fs";
 import path from "node:path";
-import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
+import { CancelledError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { nullLogger } from "../log.js";
-import { isNixLayer, nixLayerFromLabels, parseClosureFile, type NixLayer } from "../nix/labels.js";
-import type { Realiser } from "../nix/realise.js";
-import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
-import { removeDir, type OverlaySnapshotter } from "./overlay.js";
+import { isNixLayer, MAX_CLOSURE_FILE_BYTES, nixLayerFromLabels, parseClosureFile, type NixLayer } from "../nix/labels.js";
+import { queryRequisites, waitForGarbageCollector, type Realiser } from "../nix/realise.js";
+import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
+import { validateLabels, type MetaStore } from "./metadata.js";
+import { claimOrphanEntries, fsyncPath, removeDir, type OverlaySnapshotter } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 
 export interface NixOptions {
@@ -31,10 +37,18 @@ export interface NixOptions {
   logger?: Logger;
 }
 
-const STORE_PATHS_FILE = "store-paths";
+/** Schema 1 kept a layer's store paths in this file under gcroots/<id>/. */
+const LEGACY_STORE_PATHS_FILE = "store-paths";
 
 /** Checks at most this many paths at once (lstat), whatever the closure's size. */
 const CHECK_CONCURRENCY = 32;
+
+/**
+ * Realisations of paths that vanished right after they were rooted (a
+ * collector that began before the root existed) before Prepare gives up.
+ */
+const MAX_REALISE_ATTEMPTS = 3;
+
 
 export function storeBindMount(p: StorePath): Mount {
   return { type: "bind", source: p, target: p, options: ["ro", "rbind"] };
@@ -45,23 +59,26 @@ export class NixSnapshotter implements Snapshotter {
   private readonly storeDir: string;
   private readonly realiser: Realiser;
   private readonly log: Logger;
-  /** Snapshot id -> its layer's store paths (null: not a nix layer). Immutable per id. */
+  private readonly ms: MetaStore;
+  /** Snapshot id -> its ready layer's store paths (null: not a nix layer). Immutable per id. */
   private readonly storePaths = new Map<string, readonly StorePath[] | null>();
   /** Nearest parent id -> the bind mounts of its whole chain (see chainMounts). */
   private readonly bindMountsByParent = new Map<string, Mount[]>();
-  /** Ids of nix layers being realised: their roots are still being made. */
-  private readonly preparing = new Set<string>();
+  /** Realisations in flight by snapshot id: close() stops them. */
+  private readonly inflight = new Map<string, AbortController>();
 
   private constructor(private readonly inner: OverlaySnapshotter, opts: NixOptions) {
     this.gcrootsDir = path.join(inner.root, "gcroots");
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
     this.realiser = opts.realiser;
     this.log = opts.logger ?? nullLogger;
+    this.ms = inner.metadata;
   }
 
   static async wrap(inner: OverlaySnapshotter, opts: NixOptions): Promise<NixSnapshotter> {
     const sn = new NixSnapshotter(inner, opts);
     await mkdir(sn.gcrootsDir, { recursive: true, mode: 0o700 });
+    if (sn.ms.legacyImportPending()) await sn.importLegacyLayers();
     await sn.repairHalfPrepared();
     return sn;
   }
@@ -80,7 +97,8 @@ export class NixSnapshotter implements Snapshotter {
 
   async commit(name: string, key: string, opts?: CreateOptions): Promise<void> {
     const id = await this.inner.idOf(key);
-    if (this.preparing.has(id)) {
+    // A layer only ever goes from preparing to ready, so a check now holds.
+    if (this.ms.read(() => this.ms.nixLayer(id))?.state === "preparing") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is still being prepared (its store paths are being realised)`);
     }
     // The store paths and roots stay with the id, which a commit keeps.
@@ -102,15 +120,18 @@ export class NixSnapshotter implements Snapshotter {
   async mounts(key: string): Promise<Mount[]> {
     const rec = await this.inner.record(key);
     const rootfs = this.inner.mountsOf(rec);
-    // A nix layer being unpacked gets no store mounts: the differ writes the
-    // layer's mountpoints into its upper directory.
-    if (this.preparing.has(rec.id) || (await this.layerPaths(rec.id)) !== null) return rootfs;
-    return [...rootfs, ...(await this.chainMounts(rec.parentIds))];
+    // A nix layer itself gets no store mounts: while it is unpacked the
+    // differ writes the layer's mountpoints into its upper directory.
+    if (this.layerPaths(rec.id) !== null) return rootfs;
+    return [...rootfs, ...this.checkedChainMounts(rec.parentIds, key)];
   }
 
   async remove(key: string): Promise<void> {
-    const id = await this.inner.idOf(key);
-    await this.inner.remove(key);
+    const id = await this.inner.removeChecked(key, (id) => {
+      if (this.ms.nixLayer(id)?.state === "preparing") {
+        throw new FailedPreconditionError(`cannot remove snapshot ${JSON.stringify(key)}: its store paths are still being realised`);
+      }
+    });
     // Roots go after the snapshot, never before: a live snapshot always
     // has its paths rooted. A crash in between leaves roots Cleanup removes.
     const known = this.storePaths.get(id);
@@ -121,105 +142,178 @@ export class NixSnapshotter implements Snapshotter {
 
   async cleanup(): Promise<void> {
     await this.inner.cleanup();
-    const ids = await this.inner.ids();
-    for (const name of await readdir(this.gcrootsDir)) {
-      if (ids.has(name)) continue;
+    for (const dir of this.claimOrphanRoots()) await removeDir(dir, this.log);
+  }
+
+  /**
+   * As the overlay's claimOrphans, for gcroots/: list, read the ids, and
+   * rename each directory no snapshot owns, in one synchronous step, so a
+   * nix Prepare (whose row exists before its root directory does) is never
+   * caught between the two reads. A renamed link no longer roots anything.
+   */
+  private claimOrphanRoots(): string[] {
+    const entries = readdirSync(this.gcrootsDir);
+    const ids = this.ms.read(() => this.ms.ids());
+    return claimOrphanEntries(this.gcrootsDir, entries, (name) => ids.has(name), (name) => {
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
       this.bindMountsByParent.delete(name);
-      await removeDir(path.join(this.gcrootsDir, name), this.log);
-    }
+    });
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    for (const ac of this.inflight.values()) ac.abort();
     return this.inner.close();
   }
 
   private async create(kind: "active" | "view", key: string, parent: string, opts: CreateOptions): Promise<Mount[]> {
     const labels = opts.labels ?? {};
+    validateLabels(labels); // bounds first: the nix labels are parsed next
     const layer = nixLayerFromLabels(labels, this.storeDir);
-    const rec = await this.inner.create(kind, key, parent, opts);
-    const rootfs = this.inner.mountsOf(rec);
     if (!layer) {
+      const rec = await this.inner.create(kind, key, parent, opts);
       this.storePaths.set(rec.id, null);
-      return [...rootfs, ...(await this.chainMounts(rec.parentIds))];
+      try {
+        return [...this.inner.mountsOf(rec), ...this.checkedChainMounts(rec.parentIds, key)];
+      } catch (err) {
+        await this.inner.removeById(rec.id);
+        throw err;
+      }
     }
 
     // Nix registers each root by the path of its link (an indirect root),
     // so the links are made in their final place, gcroots/<id>: the
-    // snapshot exists first, and is removed again if realisation fails. A
-    // crash in between leaves a nix layer without its store-paths file,
-    // which start-up removes (repairHalfPrepared).
+    // snapshot and its "preparing" record exist first (one transaction),
+    // and are removed again if realisation fails or the caller gives up. A
+    // crash in between leaves a preparing layer, which start-up removes.
+    const rec = await this.inner.create(kind, key, parent, opts, (id) => this.ms.addNixLayer(id));
     const dir = path.join(this.gcrootsDir, rec.id);
-    this.preparing.add(rec.id);
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    if (opts.signal?.aborted) stop.abort();
+    this.inflight.set(rec.id, stop);
     try {
       const started = Date.now();
       await rm(dir, { recursive: true, force: true }); // an orphan of a crash may hold the id
       await mkdir(dir, { mode: 0o700 });
-      const paths = await this.realiseLayer(layer, dir);
-      const list = path.join(dir, STORE_PATHS_FILE);
-      await writeFile(list + ".tmp", paths.join("\n") + "\n");
-      await rename(list + ".tmp", list); // the file appears whole or not at all
+      const paths = await this.realiseLayer(layer, dir, stop.signal);
+      // The links are on disk before the layer is ready.
+      fsyncPath(dir);
+      this.ms.transaction(() => this.ms.setNixLayerReady(rec.id, paths));
       this.storePaths.set(rec.id, paths);
       this.log.info("nix layer prepared", { key, id: rec.id, storePaths: paths.length, ms: Date.now() - started });
-      // A nix layer being unpacked gets no store mounts: the differ writes
-      // the layer's mountpoints into its upper directory.
-      return rootfs;
+      return this.inner.mountsOf(rec);
     } catch (err) {
-      await this.inner.remove(key).catch((e: unknown) => this.log.error("cannot undo failed nix layer", { key, error: e }));
+      // Every child has exited by now (the realiser settles after them), so
+      // no root link can appear after this.
+      await this.inner.removeById(rec.id).catch((e: unknown) => this.log.error("cannot undo failed nix layer", { key, id: rec.id, error: e }));
       await removeDir(dir, this.log);
+      if (err instanceof CancelledError) this.log.info("nix layer cancelled by the caller; undone", { key, id: rec.id });
       throw err;
     } finally {
-      this.preparing.delete(rec.id);
+      opts.signal?.removeEventListener("abort", onAbort);
+      this.inflight.delete(rec.id);
     }
   }
 
   /**
-   * Removes nix layers whose preparation a crash interrupted: active or view
-   * snapshots labelled as nix layers with no store-paths file. containerd
-   * saw their Prepare fail and unpacks again.
+   * Removes nix layers whose preparation a crash interrupted (state
+   * "preparing" in the database) with their roots. containerd saw their
+   * Prepare fail and unpacks again.
    */
-  async repairHalfPrepared(): Promise<void> {
-    const broken: string[] = [];
-    await this.inner.walk(async (info) => {
-      if (info.kind === "committed" || !isNixLayer(info.labels)) return;
-      const id = await this.inner.idOf(info.name);
-      if ((await this.layerPaths(id)) === null) broken.push(info.name);
-    });
-    for (const key of broken) {
-      this.log.warn("removing nix layer whose preparation was interrupted", { key });
-      await this.remove(key);
+  private async repairHalfPrepared(): Promise<void> {
+    for (const id of this.ms.read(() => this.ms.preparingNixLayers())) {
+      this.log.warn("removing nix layer whose preparation was interrupted", { id });
+      await this.inner.removeById(id);
+      await removeDir(path.join(this.gcrootsDir, id), this.log);
     }
   }
 
-  /** Realises and roots a layer's paths under rootDir; returns the paths to mount. */
-  private async realiseLayer(layer: NixLayer, rootDir: string): Promise<StorePath[]> {
+  /**
+   * Schema 1 (the first release) marked a ready nix layer by its
+   * gcroots/<id>/store-paths file, and a half-prepared one by a nix-layer
+   * label without that file. Import both into nix_layers once, then drop
+   * the files.
+   */
+  private async importLegacyLayers(): Promise<void> {
+    const layers: { id: string; state: "preparing" | "ready"; paths: string[] }[] = [];
+    const ready = new Set<string>();
+    for (const id of await readdir(this.gcrootsDir)) {
+      const file = path.join(this.gcrootsDir, id, LEGACY_STORE_PATHS_FILE);
+      let text: string;
+      try {
+        text = await readBounded(file, MAX_CLOSURE_FILE_BYTES);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT" || (err as NodeJS.ErrnoException).code === "ENOTDIR") continue;
+        throw err;
+      }
+      const paths = text.split("\n").filter((l) => l !== "").map((l) => parseStorePath(l, this.storeDir));
+      layers.push({ id, state: "ready", paths });
+      ready.add(id);
+    }
+    await this.inner.walk(async (info) => {
+      if (info.kind === "committed" || !isNixLayer(info.labels)) return;
+      const id = await this.inner.idOf(info.name);
+      if (!ready.has(id)) layers.push({ id, state: "preparing", paths: [] });
+    });
+    this.ms.importLegacyNixLayers(layers);
+    this.log.info("imported nix layers of a schema 1 root", { ready: ready.size, interrupted: layers.length - ready.size });
+    for (const id of ready) await unlink(path.join(this.gcrootsDir, id, LEGACY_STORE_PATHS_FILE)).catch(() => {});
+  }
+
+  /** Realises and roots a layer's paths under rootDir; returns the paths to mount, all present. */
+  private async realiseLayer(layer: NixLayer, rootDir: string, signal: AbortSignal): Promise<StorePath[]> {
     let paths = layer.paths;
     if (layer.closure) {
-      // Fast path: one path realised and rooted keeps the whole closure
-      // alive (its references are the closure); the file lists it.
+      // Fast path: one path realised and rooted keeps alive everything it
+      // refers to; the file lists what to mount. Anything listed beyond
+      // the rooted path's own closure is realised and rooted on its own.
       const closure = layer.closure;
-      await this.realiser.realise([closure.storePath], rootDir);
+      await this.realiser.realise([closure.storePath], rootDir, signal);
       await checkNoEscape(closure.storePath, this.storeDir);
-      const text = await checkFileWithin(closure)
-        .then((real) => readFile(real, "utf8"))
-        .catch((err: Error) => {
-          if (err instanceof InvalidArgumentError) throw err;
-          throw new InvalidArgumentError(`nix-closure ${closure.file} is not a readable closure file: ${err.message}`);
-        });
-      const listed = parseClosureFile(text, closure.file, this.storeDir);
-      const inClosure = new Set(listed);
-      const extra = layer.paths.filter((p) => !inClosure.has(p));
-      if (extra.length > 0) await this.realiser.realise(extra, path.join(rootDir, "extra"));
-      paths = [...new Set([...listed, ...extra])].sort();
+      const listed = parseClosureFile(await readClosureFile(closure), closure.file, this.storeDir);
+      const all = [...new Set([...listed, ...layer.paths])].sort();
+      const kept = await queryRequisites(closure.storePath, signal);
+      const extra = kept ? all.filter((p) => !kept.has(p)) : all;
+      if (extra.length > 0) {
+        const extraDir = path.join(rootDir, "extra");
+        await mkdir(extraDir);
+        await this.realiser.realise(extra, extraDir, signal);
+        fsyncPath(extraDir);
+      }
+      paths = all;
     } else if (paths.length > 0) {
-      await this.realiser.realise(paths, rootDir);
+      await this.realiser.realise(paths, rootDir, signal);
     }
+    await this.ensurePresent(paths, rootDir, signal);
     await this.checkPaths(paths);
     return paths;
   }
 
-  /** Every path must exist and stay inside the store (no symlink escape). */
+  /**
+   * Every path must be in the store now that it is rooted. A collection
+   * that began before the roots existed may still delete what was just
+   * realised (Nix 2.8): wait for it to end, look, and realise again what
+   * vanished (rooted afresh; no later collection can take it).
+   */
+  private async ensurePresent(paths: readonly StorePath[], rootDir: string, signal: AbortSignal): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      await waitForGarbageCollector(signal);
+      const missing = paths.filter((p) => !existsSync(p));
+      if (missing.length === 0) return;
+      if (attempt >= MAX_REALISE_ATTEMPTS) {
+        throw new UnavailableError(`${missing.length} store paths (${missing[0]}, ...) vanished from the store right after they were rooted, ${attempt} times; is something deleting store paths by force?`);
+      }
+      this.log.warn("store paths vanished after rooting (a concurrent garbage collection); realising again", { missing: missing.length, first: missing[0] });
+      const again = path.join(rootDir, `again-${attempt}`);
+      await mkdir(again);
+      await this.realiser.realise(missing, again, signal);
+      fsyncPath(again);
+    }
+  }
+
+  /** Every path must stay inside the store (no symlink escape). */
   private async checkPaths(paths: readonly StorePath[]): Promise<void> {
     let next = 0;
     const work = async () => {
@@ -238,19 +332,21 @@ export class NixSnapshotter implements Snapshotter {
     await Promise.all(Array.from({ length: Math.min(CHECK_CONCURRENCY, paths.length) }, work));
   }
 
-  /** The layer's store paths of a snapshot id, or null when it is no nix layer. */
-  private async layerPaths(id: string): Promise<readonly StorePath[] | null> {
+  /**
+   * The store paths of a snapshot id's nix layer, or null when it is no
+   * nix layer; an empty list for a layer still being prepared.
+   */
+  private layerPaths(id: string): readonly StorePath[] | null {
     const cached = this.storePaths.get(id);
     if (cached !== undefined) return cached;
-    if (this.preparing.has(id)) return null; // not known yet; do not cache
-    let paths: StorePath[] | null = null;
-    try {
-      const text = await readFile(path.join(this.gcrootsDir, id, STORE_PATHS_FILE), "utf8");
-      // Written by us, but parsed all the same: the type says validated.
-      paths = text.split("\n").filter((l) => l !== "").map((l) => parseStorePath(l, this.storeDir));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    const rec = this.ms.read(() => this.ms.nixLayer(id));
+    if (rec === undefined) {
+      this.storePaths.set(id, null);
+      return null;
     }
+    if (rec.state === "preparing") return []; // not known yet; do not cache
+    // Written by us, but parsed all the same: the type says validated.
+    const paths = rec.paths.map((p) => parseStorePath(p, this.storeDir));
     this.storePaths.set(id, paths);
     return paths;
   }
@@ -261,18 +357,66 @@ export class NixSnapshotter implements Snapshotter {
    * is computed once per nearest parent and the same Mount objects are
    * handed out again (the service adapter caches their encoding).
    */
-  private async chainMounts(ids: readonly string[]): Promise<Mount[]> {
+  private chainMounts(ids: readonly string[]): Mount[] {
     if (ids.length === 0) return [];
     const nearest = ids[0]!;
     const cached = this.bindMountsByParent.get(nearest);
     if (cached) return cached;
     const all = new Set<StorePath>();
     for (const id of ids) {
-      const paths = await this.layerPaths(id);
+      const paths = this.layerPaths(id);
       if (paths) for (const p of paths) all.add(p);
     }
     const mounts = [...all].sort().map(storeBindMount);
     this.bindMountsByParent.set(nearest, mounts);
     return mounts;
+  }
+
+  /**
+   * chainMounts, after checking that every source is in the store: a bind
+   * of a missing path would fail inside runc with a confusing error, or
+   * worse, mount nothing. One existsSync per path (a cached dentry, about a
+   * microsecond each).
+   */
+  private checkedChainMounts(ids: readonly string[], key: string): Mount[] {
+    const mounts = this.chainMounts(ids);
+    for (const m of mounts) {
+      if (!existsSync(m.source)) {
+        throw new FailedPreconditionError(
+          `store path ${m.source} of a nix layer below ${JSON.stringify(key)} is missing from the Nix store although it is rooted (deleted by force?); remove the image and pull it again`,
+        );
+      }
+    }
+    return mounts;
+  }
+}
+
+/** Reads a closure file after checking it stays in its store path and is not too large. */
+async function readClosureFile(closure: StoreFile): Promise<string> {
+  try {
+    return await readBounded(await checkFileWithin(closure), MAX_CLOSURE_FILE_BYTES);
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw err;
+    throw new InvalidArgumentError(`nix-closure ${closure.file} is not a readable closure file: ${(err as Error).message}`);
+  }
+}
+
+/** Reads a text file of at most max bytes; a larger one is refused before it is read. */
+async function readBounded(file: string, max: number): Promise<string> {
+  const fh = await open(file, "r");
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new InvalidArgumentError(`${file} is not a regular file`);
+    if (st.size > max) throw new InvalidArgumentError(`${file} is ${st.size} bytes; at most ${max} are read`);
+    const buf = Buffer.alloc(st.size);
+    let off = 0;
+    while (off < st.size) {
+      const { bytesRead } = await fh.read(buf, off, st.size - off, off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return buf.subarray(0, off).toString("utf8");
+  } finally {
+    await fh.close();
   }
 }

@@ -7,6 +7,7 @@
  *   snapshots/<id>/fs      the snapshot's upper directory
  *   snapshots/<id>/work    overlayfs workdir (active snapshots only)
  *   snapshots/new-*        directories being prepared (not yet in metadata)
+ *   snapshots/rm-*         orphans Cleanup claimed and is deleting
  *
  * Crash safety: a new snapshot's directory is built under a temporary name
  * and renamed to its id inside the metadata transaction, so a kill at any
@@ -14,9 +15,35 @@
  * row names; a removed snapshot's row is deleted before its directory. Either
  * way the leftover is a directory with no row, which Cleanup (and start-up)
  * reclaims. No row ever points at a missing directory.
+ *
+ * Durability: the new directory's entries and its rename are fsynced before
+ * the row's transaction commits (itself synced), so after a power loss an
+ * acknowledged snapshot has both its row and its directory.
+ *
+ * Concurrency: the daemon is one thread, and the steps that must not
+ * interleave are synchronous: a create's rename and row insert run in one
+ * synchronous transaction, and Cleanup reads the directory listing and the
+ * ids and claims (renames) each orphan in one synchronous step, as
+ * containerd's snapshotters scan inside a write transaction. No Prepare can
+ * land between Cleanup's two reads, so a live directory is never claimed.
  */
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, rmSync, statSync } from "node:fs";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { FailedPreconditionError, InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../log.js";
@@ -86,7 +113,7 @@ export class OverlaySnapshotter implements Snapshotter {
       if (existsSync(upperPath(this.paths, id))) continue;
       if (childless.has(id)) {
         this.log.warn("dropping snapshot whose directory is missing (interrupted by a power loss?)", { id });
-        this.ms.transaction(() => this.ms.removeById(id), { durable: true });
+        this.ms.transaction(() => this.ms.removeById(id));
       } else {
         this.log.error("snapshot directory is missing but other snapshots build on it; remove them to repair", { id });
       }
@@ -103,7 +130,7 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
-    return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths), { durable: true });
+    return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths));
   }
 
   async usage(key: string): Promise<Usage> {
@@ -161,14 +188,35 @@ export class OverlaySnapshotter implements Snapshotter {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
     }
     const usage = await diskUsage(upperPath(this.paths, id));
-    this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}), { durable: true });
+    this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}));
     this.log.debug("committed", { key, name, id });
   }
 
   async remove(key: string): Promise<void> {
-    const { id } = this.ms.transaction(() => this.ms.remove(key));
+    await this.removeChecked(key);
+  }
+
+  /**
+   * Removes a snapshot. `check` runs inside the transaction with its id: a
+   * decorator's refusal (a nix layer still being realised) decided in the
+   * same step as the removal. Returns the id.
+   */
+  async removeChecked(key: string, check?: (id: string) => void): Promise<string> {
+    const { id } = this.ms.transaction(() => this.ms.remove(key, check));
     await this.removeDir(path.join(this.paths.snapshotsDir, id));
     this.log.debug("removed", { key, id });
+    return id;
+  }
+
+  /**
+   * Removes the snapshot with this id, unless something builds on it: the
+   * undo of a failed create. By id, so it can never hit another snapshot
+   * that took the same key meanwhile.
+   */
+  async removeById(id: string): Promise<void> {
+    if (this.ms.transaction(() => this.ms.removeIfChildless(id))) {
+      await this.removeDir(path.join(this.paths.snapshotsDir, id));
+    }
   }
 
   async walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {
@@ -180,13 +228,21 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async cleanup(): Promise<void> {
+    for (const dir of this.claimOrphans()) await this.removeDir(dir);
+  }
+
+  /**
+   * The serialisation point of Cleanup: lists the directories, reads the
+   * ids, and claims every orphan, all synchronously, so no Prepare, Commit
+   * or Remove can run in between.
+   */
+  private claimOrphans(): string[] {
+    const entries = readdirSync(this.paths.snapshotsDir);
     const ids = this.ms.read(() => this.ms.ids());
-    const entries = await readdir(this.paths.snapshotsDir);
-    for (const name of entries) {
-      if (ids.has(name) || this.pending.has(name)) continue;
-      this.log.info("reclaiming directory no snapshot references", { dir: name });
-      await this.removeDir(path.join(this.paths.snapshotsDir, name));
-    }
+    const keep = (name: string) => ids.has(name) || this.pending.has(name);
+    return claimOrphanEntries(this.paths.snapshotsDir, entries, keep, (name) =>
+      this.log.info("reclaiming directory no snapshot references", { dir: name }),
+    );
   }
 
   async close(): Promise<void> {
@@ -195,8 +251,19 @@ export class OverlaySnapshotter implements Snapshotter {
     this.ms.close();
   }
 
-  /** Creates an active snapshot or view; returns its record (id and parent chain). */
-  async create(kind: "active" | "view", key: string, parent: string, opts: CreateOptions = {}): Promise<SnapshotRecord> {
+  /**
+   * Creates an active snapshot or view; returns its record (id and parent
+   * chain). `inTransaction` runs with the new id inside the creating
+   * transaction (a decorator's own rows commit or fail with the snapshot).
+   * Synchronous up to its return on purpose (see Concurrency above).
+   */
+  async create(
+    kind: "active" | "view",
+    key: string,
+    parent: string,
+    opts: CreateOptions = {},
+    inTransaction?: (id: string) => void,
+  ): Promise<SnapshotRecord> {
     if (key === "") throw new InvalidArgumentError("snapshot key must not be empty");
     const labels = opts.labels ?? {};
     // Synchronous on purpose: six tiny metadata syscalls cost less than six
@@ -216,10 +283,15 @@ export class OverlaySnapshotter implements Snapshotter {
       // The new layer's root takes the owner of the parent's, as containerd
       // does, so a container's "/" keeps the uid/gid its image gave it.
       if (parent !== "") this.inheritOwner(parent, path.join(td, "fs"));
+      fsyncPath(td);
 
       const record = this.ms.transaction(() => {
         const s = this.ms.createSnapshot(kind, key, parent, labels);
+        inTransaction?.(s.id);
         moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
+        // The rename is on disk before the row is: never a row without its
+        // directory after a power loss.
+        fsyncPath(this.paths.snapshotsDir);
         return s;
       });
       this.log.debug("created", { key, parent, kind, id: record.id });
@@ -245,6 +317,48 @@ export class OverlaySnapshotter implements Snapshotter {
 
   private removeDir(dir: string): Promise<void> {
     return removeDir(dir, this.log);
+  }
+}
+
+/** Claimed orphans are renamed to this prefix before they are deleted. */
+const TRASH_PREFIX = "rm-";
+
+/**
+ * Renames every entry of dir that `keep` refuses to rm-* (a name no create
+ * ever uses) and returns the claimed paths, with those an interrupted
+ * earlier claim left. Synchronous, and to be called in the same
+ * synchronous step as the listing and the read of what to keep: the
+ * deletion of the claimed trees can then run concurrently with anything,
+ * on names nothing else touches.
+ */
+export function claimOrphanEntries(dir: string, entries: readonly string[], keep: (name: string) => boolean, claimed: (name: string) => void): string[] {
+  const out: string[] = [];
+  for (const name of entries) {
+    if (name.startsWith(TRASH_PREFIX)) {
+      out.push(path.join(dir, name));
+      continue;
+    }
+    if (keep(name)) continue;
+    const to = path.join(dir, `${TRASH_PREFIX}${name}-${randomBytes(4).toString("hex")}`);
+    try {
+      renameSync(path.join(dir, name), to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // a Remove got there first
+      throw err;
+    }
+    claimed(name);
+    out.push(to);
+  }
+  return out;
+}
+
+/** fsync of a directory (its entries) or file, by path. */
+export function fsyncPath(p: string): void {
+  const fd = openSync(p, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -13,8 +13,9 @@ export interface Info {
   parent: string;
   kind: Kind;
   labels: Record<string, string>;
-  created: Date;
-  updated: Date;
+  /** Nanoseconds since the Unix epoch (containerd's precision; kept to the microsecond). */
+  created: bigint;
+  updated: bigint;
 }
 
 export interface Usage {
@@ -35,6 +36,11 @@ export interface Mount {
 
 export interface CreateOptions {
   labels?: Record<string, string>;
+  /**
+   * Aborted when the caller gives up (a cancelled or timed-out gRPC call):
+   * work started for the call, such as a realisation, is stopped and undone.
+   */
+  signal?: AbortSignal;
 }
 
 export interface Snapshotter {

@@ -9,6 +9,7 @@ import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
+import { CancelledError, UnavailableError } from "../../src/errors.js";
 import { startDaemonProcess } from "../lib/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
@@ -19,6 +20,8 @@ const WORKERS = 6;
 interface Ledger {
   /** Committed names whose Commit returned OK and that were not removed after. */
   committed: Set<string>;
+  /** Failures other than the daemon dying under a call. */
+  errors: string[];
 }
 
 /** Each worker loops prepare -> commit -> (sometimes) remove until stopped. */
@@ -45,8 +48,13 @@ async function worker(sn: SnapshotsClient, id: string, ledger: Ledger, stop: { n
       } else {
         parent = name;
       }
-    } catch {
-      return; // the daemon died under us
+    } catch (err) {
+      // The daemon dying under a call is the point (Unavailable, or
+      // Cancelled when the stream breaks); anything else is a failure.
+      if (!(err instanceof UnavailableError || err instanceof CancelledError)) {
+        ledger.errors.push(`${key}: ${(err as Error).constructor.name}: ${(err as Error).message}`);
+      }
+      return;
     }
     i++;
   }
@@ -65,7 +73,7 @@ if (requireOrSkip(t, { root: true })) {
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
     const address = path.join(tmp.path, "sn.sock");
-    const ledger: Ledger = { committed: new Set() };
+    const ledger: Ledger = { committed: new Set(), errors: [] };
 
     for (let round = 0; round < ROUNDS; round++) {
       const daemon = await startDaemonProcess({ root, address });
@@ -97,6 +105,7 @@ if (requireOrSkip(t, { root: true })) {
       await sn.close();
     }
     t.ok(ledger.committed.size > 0, `the burst committed ${ledger.committed.size} snapshots in all`);
+    t.same(ledger.errors, [], "no call failed for any reason but the kill");
 
     // Final restart and an explicit Cleanup over gRPC.
     const daemon = await startDaemonProcess({ root, address });

@@ -10,7 +10,7 @@ import { promisify } from "node:util";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { DAEMON_BIN, startDaemonProcess } from "../lib/daemon.js";
-import { requireOrSkip } from "../lib/require.js";
+import { skipReason } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
 const run = promisify(execFile);
@@ -56,8 +56,10 @@ t.test("bad flags and config: exit 2, one line, nothing touched", async (t) => {
   t.notOk(existsSync(root), "no state directory was created by a refused start");
 });
 
-if (requireOrSkip(t, { root: true })) {
-  t.test("socket: private directory, not world-writable, stale replaced, live refused", async (t) => {
+// Declared after the unconditional tests above, so the skip is per test.
+const rootOnly = skipReason("daemon socket, sd_notify and SIGTERM tests", { root: true });
+{
+  t.test("socket: private directory, not world-writable, stale replaced, live refused", { skip: rootOnly }, async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const address = path.join(tmp.path, "run/nested/sn.sock");
@@ -86,7 +88,7 @@ if (requireOrSkip(t, { root: true })) {
     t.notOk(existsSync(address), "socket removed on clean stop");
   });
 
-  t.test("sd_notify: READY=1 once serving, STOPPING=1 on SIGTERM", async (t) => {
+  t.test("sd_notify: READY=1 once serving, STOPPING=1 on SIGTERM", { skip: rootOnly }, async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const require = createRequire(import.meta.url);
@@ -107,7 +109,7 @@ if (requireOrSkip(t, { root: true })) {
     t.same(messages, ["READY=1", "STOPPING=1"]);
   });
 
-  t.test("SIGTERM lets an in-flight call finish", async (t) => {
+  t.test("SIGTERM lets an in-flight call finish", { skip: rootOnly }, async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const address = path.join(tmp.path, "sn.sock");

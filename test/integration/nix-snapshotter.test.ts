@@ -14,7 +14,7 @@ import { NixSnapshotter } from "../../src/snapshotter/nix.js";
 import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
 import { withMounts } from "../lib/mount.js";
-import { closureOf, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
+import { closureOf, layerStorePaths, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
@@ -70,8 +70,8 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
     t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
     const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
-    t.same(roots, ["root", "root-2", "root-3", "store-paths"], "one root link per store path, and the list");
-    t.same(readFileSync(path.join(root, "gcroots/1/store-paths"), "utf8").trim().split("\n"), closure);
+    t.same(roots, ["root", "root-2", "root-3"], "one root link per store path");
+    t.same(layerStorePaths(root, "1"), closure, "the layer's store paths recorded in the database");
     t.equal(await tryDelete([closure[0]!]), false, "a rooted path cannot be deleted");
     t.same(await unrootedBelow(closure, path.join(root, "gcroots")), [], "every path is kept alive by a root of the snapshot");
 
@@ -128,8 +128,8 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.teardown(() => sn.close());
     const { closure, info } = await buildClosure(nonce());
     await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
-    t.same(readdirSync(path.join(root, "gcroots/1")).sort(), ["root", "store-paths"], "only the closure file is rooted");
-    t.same(readFileSync(path.join(root, "gcroots/1/store-paths"), "utf8").trim().split("\n"), closure, "the mounted paths are the listed closure");
+    t.same(readdirSync(path.join(root, "gcroots/1")).sort(), ["root"], "only the closure file is rooted (it refers to every listed path)");
+    t.same(layerStorePaths(root, "1"), closure, "the mounted paths are the listed closure");
     t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "rooting the closure file keeps every listed path alive");
     await sn.commit("c", "x");
     t.same(binds(await sn.prepare("ctr", "c")), closure);

@@ -11,7 +11,7 @@
  *     the issued JWT itself);
  *   - containerd's Transfer service pulls it (ctr images pull --local=false
  *     --platform ...), the nix layer reaches our daemon with its labels
- *     (GC roots and store-paths written), and `ctr run` prints Hello, world!;
+ *     (GC roots made, store paths recorded), and `ctr run` prints Hello, world!;
  *   - `nix2container load` imports and unpacks into a fresh namespace with
  *     labels, survives a forced GC, is idempotent, and is collected with
  *     the image;
@@ -45,6 +45,7 @@ import type { Info } from "../../src/snapshotter/snapshotter.js";
 import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, helloImage, NIX2CONTAINER_BIN, type Fixtures } from "../lib/images.js";
+import { layerStorePaths } from "../lib/nix.js";
 import { htpasswdFile, makeCert, type Registry, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
@@ -326,9 +327,7 @@ if (
       t.equal(snaps[0]?.labels[REF_LABEL], chainId, "and containerd.io/snapshot.ref = the layer's chain ID");
       const newRoots = entries(path.join(snRoot, "gcroots")).filter((r) => !rootsBefore.includes(r));
       t.equal(newRoots.length, 1, "one new GC root directory");
-      const storePaths = path.join(snRoot, "gcroots", newRoots[0] ?? "none", "store-paths");
-      t.ok(existsSync(storePaths), `${storePaths} exists`);
-      t.same(existsSync(storePaths) ? readFileSync(storePaths, "utf8").split("\n").filter(Boolean).sort() : [], helloClosure, "it lists the hello closure");
+      t.same(layerStorePaths(snRoot, newRoots[0] ?? "none"), helloClosure, "the layer's recorded store paths are the hello closure");
       t.equal(await ctr(NS.pull, ["run", "--rm", "--snapshotter", "nix", basicRef, newId("pulled")]), "Hello, world!\n", "ctr run prints Hello, world!");
     });
 
@@ -462,7 +461,7 @@ if (
       );
       const newRoots = entries(path.join(snRoot, "gcroots")).filter((x) => !rootsBefore.includes(x));
       t.equal(newRoots.length, 1, "one new GC root directory");
-      t.ok(existsSync(path.join(snRoot, "gcroots", newRoots[0] ?? "none", "store-paths")), "with its store-paths file");
+      t.ok(layerStorePaths(snRoot, newRoots[0] ?? "none"), "a ready nix layer with its store paths recorded");
 
       const content = await ctr(NS.load, ["content", "ls"]);
       t.match(content, new RegExp(`${built.manifestDigest}.*containerd\\.io/gc\\.ref\\.content\\.config=${built.manifest.config.digest}`), "manifest labelled for the GC: config");

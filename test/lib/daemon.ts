@@ -13,6 +13,8 @@ export const DAEMON_BIN = path.join(REPO, "build/src/cli/nix-snapshotter.js");
 
 export interface DaemonOptions {
   root: string;
+  /** The daemon's entry point (default: this build's CLI); another release's, to test upgrades. */
+  bin?: string;
   address: string;
   /** Extra TOML appended to the private config file. */
   config?: string;
@@ -63,7 +65,7 @@ export async function startDaemonProcess(opts: DaemonOptions): Promise<DaemonPro
   const configFile = `${opts.root}.config.toml`;
   mkdirSync(path.dirname(configFile), { recursive: true });
   writeFileSync(configFile, opts.config ?? "");
-  const args = [DAEMON_BIN, "--config", configFile, "--root", opts.root, "--address", opts.address, "--log-level", opts.logLevel ?? "info"];
+  const args = [opts.bin ?? DAEMON_BIN, "--config", configFile, "--root", opts.root, "--address", opts.address, "--log-level", opts.logLevel ?? "info"];
   let child: ChildProcess;
   let log: ReturnType<typeof createWriteStream> | undefined;
   let stderr = "";

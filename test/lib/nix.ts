@@ -2,6 +2,7 @@
  * Real Nix for tests: builds small derivations from expressions (no nixpkgs:
  * builtins.derivation and /bin/sh) and asks the store about paths.
  */
+import Database from "better-sqlite3";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -103,4 +104,19 @@ export async function tryDelete(paths: string[]): Promise<boolean> {
 
 export function nonce(): string {
   return `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+/**
+ * A nix layer's store paths as the daemon recorded them (table nix_layers
+ * of its metadata database, read-only: fine while the daemon runs), or
+ * undefined when the snapshot id is no nix layer or not ready.
+ */
+export function layerStorePaths(snapshotterRoot: string, id: string): string[] | undefined {
+  const db = new Database(path.join(snapshotterRoot, "metadata.db"), { readonly: true });
+  try {
+    const row = db.prepare("SELECT state, paths FROM nix_layers WHERE id = ?").get(Number(id)) as { state: number; paths: string } | undefined;
+    return row && row.state === 2 ? row.paths.split("\n").filter(Boolean).sort() : undefined;
+  } finally {
+    db.close();
+  }
 }

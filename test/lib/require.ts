@@ -31,3 +31,15 @@ export function requireOrSkip(t: Test, opts: { root?: boolean; commands?: string
   }
   return true;
 }
+
+/**
+ * For a file whose tests are partly unconditional: the reason to skip the
+ * others (printed once), or false. Pass it as a test's `skip` option; unlike
+ * requireOrSkip it may be used after other tests were declared.
+ */
+export function skipReason(what: string, opts: { root?: boolean; commands?: string[] }): string | false {
+  const reason = missing(opts);
+  if (!reason) return false;
+  console.log(`SKIP: ${what}: ${reason}`);
+  return reason;
+}

@@ -8,7 +8,9 @@
 import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile, lstat } from "node:fs/promises";
 import path from "node:path";
 import type { Test } from "tap";
+import { execFileSync } from "node:child_process";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../../src/errors.js";
+import { MAX_LABELS, MAX_LABELS_TOTAL_BYTES } from "../../src/snapshotter/metadata.js";
 import type { Snapshotter } from "../../src/snapshotter/snapshotter.js";
 import { mountAll, unmount, withMounts } from "./mount.js";
 import { tempDir } from "./tmp.js";
@@ -67,6 +69,11 @@ async function tree(root: string): Promise<Record<string, string>> {
   };
   await visit("");
   return out;
+}
+
+/** The wall clock in nanoseconds, read by another process (as Go's time.Now()). */
+function wallNanos(): bigint {
+  return BigInt(execFileSync("date", ["+%s%N"], { encoding: "utf8" }).trim());
 }
 
 async function rejectsWith(t: Test, p: Promise<unknown>, cls: Function, what: string): Promise<void> {
@@ -157,13 +164,45 @@ export const CASES: Record<string, Case> = {
   },
 
   async Update(t, h) {
+    // As containerd's testsuite (checkUpdate): times are checked against a
+    // wall clock read by another process (date +%s%N, nanoseconds) just
+    // before and after the calls, so a clock cut to milliseconds, or one
+    // running behind, fails here.
+    const t1 = wallNanos();
+    await h.sn.prepare("c1-a", "");
+    await h.sn.commit("c1", "c1-a");
+    await h.sn.prepare("c2-a", "c1");
+    await h.sn.commit("c2", "c2-a");
+    await h.sn.prepare("a1", "c2");
+    await h.sn.prepare("a2", "");
+    await h.sn.view("v1", "c2");
+    await h.sn.view("v2", "");
+    const t2 = wallNanos();
+    const cases: [string, string, string][] = [
+      ["c1", "committed", ""],
+      ["c2", "committed", "c1"],
+      ["a1", "active", "c2"],
+      ["a2", "active", ""],
+      ["v1", "view", "c2"],
+      ["v2", "view", ""],
+    ];
+    for (const [name, kind, parent] of cases) {
+      const st = await h.sn.stat(name);
+      t.ok(st.created >= t1 && st.created <= t2, `${name}: created ${st.created} within [${t1}, ${t2}]`);
+      t.equal(st.updated, st.created, `${name}: updated equals created before any update`);
+      t.same([st.kind, st.parent, st.name], [kind, parent, name], `${name}: kind, parent, name`);
+      const u1 = wallNanos();
+      const up = await h.sn.update({ name, labels: { l1: "v1", l2: "v2" } });
+      const u2 = wallNanos();
+      t.equal(up.created, st.created, `${name}: created unchanged by Update, to the nanosecond`);
+      t.ok(up.updated >= u1 && up.updated <= u2, `${name}: updated ${up.updated} within [${u1}, ${u2}]`);
+      t.same([up.kind, up.parent, up.name], [kind, parent, name], `${name}: Update keeps kind, parent, name`);
+      const again = await h.sn.stat(name);
+      t.same([again.created, again.updated], [up.created, up.updated], `${name}: Stat returns the times Update returned`);
+    }
     await h.sn.prepare("u", "", { labels: { a: "1", b: "2" } });
-    const before = await h.sn.stat("u");
-    await new Promise((r) => setTimeout(r, 5));
     let info = await h.sn.update({ name: "u", labels: { c: "3" } });
     t.same(info.labels, { c: "3" }, "no field paths: labels replaced");
-    t.equal(info.created.getTime(), before.created.getTime(), "created unchanged");
-    t.ok(info.updated.getTime() > before.updated.getTime(), "updated advanced");
     info = await h.sn.update({ name: "u", labels: { d: "4", c: "ignored?" } }, ["labels.d"]);
     t.same(info.labels, { c: "3", d: "4" }, "labels.<k> sets only that key");
     info = await h.sn.update({ name: "u", labels: {} }, ["labels.c"]);
@@ -172,9 +211,40 @@ export const CASES: Record<string, Case> = {
     t.same(info.labels, { x: "y" }, "field path labels replaces all");
     t.same((await h.sn.stat("u")).labels, { x: "y" }, "stat sees the update");
     await rejectsWith(t, h.sn.update({ name: "u", labels: {} }, ["name"]), InvalidArgumentError, "update of an immutable field");
+    await rejectsWith(t, h.sn.update({ name: "u", labels: {} }, ["parent"]), InvalidArgumentError, "update of the parent");
     await rejectsWith(t, h.sn.update({ name: "missing", labels: {} }), NotFoundError, "update of a missing snapshot");
     await rejectsWith(t, h.sn.update({ name: "u", labels: { big: "x".repeat(5000) } }), InvalidArgumentError, "label over 4096 bytes");
     t.same((await h.sn.stat("u")).labels, { x: "y" }, "refused update changed nothing");
+  },
+
+  async CommitTimes(t, h) {
+    await h.sn.prepare("ct-a", "", { labels: { p: "1" } });
+    const active = await h.sn.stat("ct-a");
+    const c1 = wallNanos();
+    await h.sn.commit("ct", "ct-a", { labels: { c: "2" } });
+    const c2 = wallNanos();
+    const st = await h.sn.stat("ct");
+    // containerd's storage: a commit is created and updated now, with the
+    // commit's own labels (the active snapshot's are not inherited).
+    t.ok(st.created >= c1 && st.created <= c2 && st.created > active.created, "committed: created at the commit");
+    t.equal(st.updated, st.created, "committed: updated equals created");
+    t.same(st.labels, { c: "2" }, "committed: the commit's labels only");
+  },
+
+  async LabelLimits(t, h) {
+    const many: Record<string, string> = {};
+    for (let i = 0; i <= MAX_LABELS; i++) many[`k${i}`] = "v";
+    await rejectsWith(t, h.sn.prepare("too-many", "", { labels: many }), InvalidArgumentError, `more than ${MAX_LABELS} labels`);
+    const big: Record<string, string> = {};
+    let total = 0;
+    for (let i = 0; total <= MAX_LABELS_TOTAL_BYTES; i++) {
+      big[`k${i}`] = "x".repeat(4000);
+      total += `k${i}`.length + 4000;
+    }
+    await rejectsWith(t, h.sn.prepare("too-big", "", { labels: big }), InvalidArgumentError, `labels over ${MAX_LABELS_TOTAL_BYTES} bytes in all`);
+    await h.sn.prepare("ok", "");
+    await rejectsWith(t, h.sn.update({ name: "ok", labels: many }), InvalidArgumentError, "update with too many labels");
+    t.same((await listAll(h.sn)).map((i) => i.name), ["ok"], "refused calls created nothing");
   },
 
   async Remove(t, h) {
@@ -375,10 +445,12 @@ export const CASES: Record<string, Case> = {
   },
 
   async CloseTwice(t, h) {
-    await h.sn.prepare("x", "");
-    await h.sn.close();
-    await h.sn.close();
-    t.pass("close twice does not fail");
+    await h.sn.prepare("x-a", "");
+    await h.sn.commit("x", "x-a");
+    await h.sn.remove("x");
+    await t.resolves(h.sn.close(), "the first close succeeds");
+    await t.resolves(h.sn.close(), "the second close succeeds too");
+    await t.rejects(h.sn.stat("x"), "a closed snapshotter serves no more calls");
   },
 
   async "128LayersMount"(t, h) {
@@ -420,8 +492,11 @@ export function runSuite(t: Test, factory: Factory, only?: string[]): void {
       try {
         await fn(t, { sn, work });
       } finally {
-        await close().catch(() => {});
+        // The daemon's exit code is part of the verdict: close() throws on
+        // a non-zero exit, and that must fail the case.
+        const closing = await close().then(() => undefined, (e: unknown) => e);
         tmp.cleanup();
+        t.error(closing, "closes cleanly");
       }
     });
   }

@@ -38,3 +38,18 @@ t.test("malformed filters are InvalidArgument", async (t) => {
     t.throws(() => parseFilters([bad]), InvalidArgumentError, `refuses ${JSON.stringify(bad)}`);
   }
 });
+
+t.test("regexps run in linear time: a catastrophic pattern cannot hang the event loop", async (t) => {
+  const evil = { name: "a".repeat(5000) + "b", parent: "", kind: "active", labels: {} };
+  const started = process.hrtime.bigint();
+  const f = parseFilters(["name~=^(a+)+$"]);
+  t.equal(f(snapshotAdaptor(evil)), false, "(a+)+$ against 5000 a's and a b: no match");
+  // A backtracking engine takes longer than the universe on this input;
+  // no timing threshold here: finishing at all is the assertion.
+  t.ok(process.hrtime.bigint() > started, "and it returned");
+  t.equal(parseFilters(["name~=^(a|aa)*c$"])(snapshotAdaptor(evil)), false, "nested alternation too");
+  t.throws(() => parseFilters(["name~=(a)\\1"]), InvalidArgumentError, "backreferences are refused (no linear-time match)");
+  t.throws(() => parseFilters(["name~=(?=a)"]), InvalidArgumentError, "lookahead is refused");
+  t.throws(() => parseFilters([`name~=${"a".repeat(2000)}`]), /longer than 1024/, "over-long patterns are refused");
+  t.same(names(["name~=^k8s\\.io/[0-9]+/c$"]), ["k8s.io/1/c"], "ordinary patterns still match");
+});
