@@ -180,8 +180,13 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async cleanup(): Promise<void> {
-    const ids = this.ms.read(() => this.ms.ids());
+    // Directories first, rows second: a Prepare that lands in between
+    // renames its directory and inserts its row in one synchronous step,
+    // so a directory listed here has its row by the time the rows are
+    // read. The other order reclaimed the directories of snapshots
+    // created while the listing ran.
     const entries = await readdir(this.paths.snapshotsDir);
+    const ids = this.ms.read(() => this.ms.ids());
     for (const name of entries) {
       if (ids.has(name) || this.pending.has(name)) continue;
       this.log.info("reclaiming directory no snapshot references", { dir: name });

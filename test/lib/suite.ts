@@ -406,6 +406,22 @@ export const CASES: Record<string, Case> = {
     const lower = mounts[0]!.options.find((o) => o.startsWith("lowerdir="))!;
     t.equal(lower.split(":").length, 128, "active snapshot on 128 layers has 128 lowerdirs");
   },
+
+  // containerd's garbage collector calls Cleanup whenever it likes, also
+  // while other clients Prepare: a snapshot created during a Cleanup must
+  // keep its directory. In process, Cleanup starting first and Prepare in
+  // the same tick hits the window between Cleanup's two reads every time.
+  async CleanupDuringPrepare(t, h) {
+    for (let i = 0; i < 20; i++) {
+      const [, mounts] = await Promise.all([h.sn.cleanup(), h.sn.prepare(`race-${i}-active`, i === 0 ? "" : `race-${i - 1}`)]);
+      t.ok(mounts.length > 0, `race-${i}: prepared during a cleanup`);
+      await h.sn.commit(`race-${i}`, `race-${i}-active`);
+    }
+    const seen = await inView(h, "race-19", async (root) => (await readdir(root)).length);
+    t.equal(seen, 0, "a view over the 20 layers prepared during cleanups mounts");
+    await h.sn.cleanup();
+    t.equal((await h.sn.stat("race-19")).kind, "committed", "and a later cleanup keeps them");
+  },
 };
 
 /** Runs every case (or the named ones) against fresh snapshotters from factory. */
