@@ -18,6 +18,8 @@ export interface ContainerdOptions {
   dir: string;
   /** The nix-snapshotter socket for the `nix` proxy plugin. */
   snapshotterAddress: string;
+  /** More proxy snapshotters: plugin name -> socket. */
+  proxySnapshotters?: Record<string, string>;
   /** Enable the CRI plugin (with the settings a nix snapshotter needs). */
   cri?: { sandboxImage: string; snapshotter?: string; hostsDir?: string };
   logLevel?: string;
@@ -65,7 +67,9 @@ disabled_plugins = [${disabled.join(", ")}]
 [proxy_plugins.nix]
   type = "snapshot"
   address = "${o.snapshotterAddress}"
-
+${Object.entries(o.proxySnapshotters ?? {})
+  .map(([name, address]) => `\n[proxy_plugins.${JSON.stringify(name)}]\n  type = "snapshot"\n  address = "${address}"\n`)
+  .join("")}
 # The Transfer service (ctr images import --local=false, ctr pull without
 # --local) unpacks only for the platform/snapshotter pairs listed here; it is
 # also the ctr path that hands layer annotations to the snapshotter.
