@@ -52,6 +52,19 @@ export class OverlaySnapshotter implements Snapshotter {
   private readonly log: Logger;
   /** Temporary directories of Prepare/View calls in flight: Cleanup keeps them. */
   private readonly pending = new Set<string>();
+  /**
+   * Read index in front of the metadata store for Stat and Mounts, by key:
+   * containerd Stats every snapshot on each List and asks Mounts before
+   * every container start. Filled on read, dropped by every write to the
+   * key, in the same synchronous step as the write's transaction (the store
+   * has one writer, this process, and its calls never yield), so a reader
+   * never sees an entry older than the database. Memory only: a restart
+   * starts empty and refills from the database. Entries are shared: callers
+   * must not modify what stat() and record() return.
+   */
+  private readonly infos = new Map<string, Info>();
+  private readonly records = new Map<string, SnapshotRecord>();
+  private readonly mountsByRecord = new WeakMap<SnapshotRecord, Mount[]>();
   private closed = false;
 
   private constructor(root: string, ms: MetaStore, style: OverlayStyle, log: Logger) {
@@ -99,11 +112,28 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async stat(key: string): Promise<Info> {
-    return this.ms.read(() => this.ms.getInfo(key).info);
+    let info = this.infos.get(key);
+    if (!info) {
+      info = this.ms.read(() => this.ms.getInfo(key).info);
+      this.infos.set(key, info);
+    }
+    return info;
+  }
+
+  /** Drops the read index's entries of keys a write changed. */
+  private forget(...keys: string[]): void {
+    for (const k of keys) {
+      this.infos.delete(k);
+      this.records.delete(k);
+    }
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
-    return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths), { durable: true });
+    try {
+      return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths), { durable: true });
+    } finally {
+      this.forget(info.name);
+    }
   }
 
   async usage(key: string): Promise<Usage> {
@@ -115,13 +145,20 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    const s = this.ms.read(() => this.ms.getSnapshot(key));
-    return computeMounts(this.paths, s, this.style.options, this.style.type);
+    return this.mountsOf(await this.record(key));
   }
 
-  /** The rootfs mounts of a record obtained from record(). */
+  /**
+   * The rootfs mounts of a record obtained from record() or create(): the
+   * same objects for the same record, so their wire encoding is reused.
+   */
   mountsOf(s: SnapshotRecord): Mount[] {
-    return computeMounts(this.paths, s, this.style.options, this.style.type);
+    let m = this.mountsByRecord.get(s);
+    if (!m) {
+      m = computeMounts(this.paths, s, this.style.options, this.style.type);
+      this.mountsByRecord.set(s, m);
+    }
+    return m;
   }
 
   /** The id (directory name) of any snapshot. */
@@ -136,7 +173,12 @@ export class OverlaySnapshotter implements Snapshotter {
 
   /** The record (id, kind, parent ids) of an active snapshot or view. */
   async record(key: string): Promise<SnapshotRecord> {
-    return this.ms.read(() => this.ms.getSnapshot(key));
+    let rec = this.records.get(key);
+    if (!rec) {
+      rec = this.ms.read(() => this.ms.getSnapshot(key));
+      this.records.set(key, rec);
+    }
+    return rec;
   }
 
   /** The snapshot itself followed by its parents, nearest first. */
@@ -161,12 +203,21 @@ export class OverlaySnapshotter implements Snapshotter {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
     }
     const usage = await diskUsage(upperPath(this.paths, id));
-    this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}), { durable: true });
+    try {
+      this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}), { durable: true });
+    } finally {
+      this.forget(key, name);
+    }
     this.log.debug("committed", { key, name, id });
   }
 
   async remove(key: string): Promise<void> {
-    const { id } = this.ms.transaction(() => this.ms.remove(key));
+    let id: string;
+    try {
+      ({ id } = this.ms.transaction(() => this.ms.remove(key)));
+    } finally {
+      this.forget(key);
+    }
     await this.removeDir(path.join(this.paths.snapshotsDir, id));
     this.log.debug("removed", { key, id });
   }
@@ -222,11 +273,16 @@ export class OverlaySnapshotter implements Snapshotter {
       // does, so a container's "/" keeps the uid/gid its image gave it.
       if (parent !== "") this.inheritOwner(parent, path.join(td, "fs"));
 
-      const record = this.ms.transaction(() => {
-        const s = this.ms.createSnapshot(kind, key, parent, labels);
-        moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
-        return s;
-      });
+      let record: SnapshotRecord;
+      try {
+        record = this.ms.transaction(() => {
+          const s = this.ms.createSnapshot(kind, key, parent, labels);
+          moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
+          return s;
+        });
+      } finally {
+        this.forget(key);
+      }
       this.log.debug("created", { key, parent, kind, id: record.id });
       return record;
     } catch (err) {
