@@ -43,23 +43,12 @@ want=$(printf '%s\n' "${PKGS[@]}")
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! apt-cache show golang-github-containerd-containerd-dev/trixie >/dev/null 2>&1; then
-    if [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
-      # The same trixie source and low pin scripts/setup.sh uses for
-      # containerd: nothing is installed from it by default.
-      cat > /etc/apt/sources.list.d/nix-snapshotter-trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-      cat > /etc/apt/preferences.d/nix-snapshotter-trixie <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
+    apt-get update -qq || true
+    if ! apt-cache show golang-github-containerd-containerd-dev/trixie >/dev/null 2>&1; then
+      # scripts/setup.sh adds the trixie source (pinned low) for containerd.
+      echo "go-proxy.sh: apt knows no trixie suite (containerd's Go sources are packaged there); add it as scripts/setup.sh does" >&2
+      exit 1
     fi
-    apt-get update -qq
   fi
   rm -rf "$cache/debs" "$cache/root"
   mkdir -p "$cache/debs" "$cache/root"
