@@ -396,14 +396,12 @@ function rssKiB(pid: number | undefined): number {
   }
 }
 
-/** Samples the RSS of some processes every `everyMs` until stopped; keeps the highest. */
-function rssPeak(pids: Record<string, number | undefined>, everyMs = 25): () => Record<string, number> {
-  const peak: Record<string, number> = {};
+/** Samples a process's RSS every `everyMs` until stopped; returns the highest, KiB. */
+function rssPeak(pid: number, everyMs = 25): () => number {
+  let peak = 0;
   const sample = () => {
-    for (const [k, pid] of Object.entries(pids)) {
-      const v = rssKiB(pid);
-      if (!Number.isNaN(v)) peak[k] = Math.max(peak[k] ?? 0, v);
-    }
+    const v = rssKiB(pid);
+    if (!Number.isNaN(v)) peak = Math.max(peak, v);
   };
   sample();
   const timer = setInterval(sample, everyMs);
@@ -605,9 +603,10 @@ async function run(env: Env): Promise<Results> {
     concTotal,
     PARAMS.concurrentRounds,
     async (p, n, m) => {
-      const stop = rssPeak({ [p.name]: p.pids.daemon });
+      const own = p.name === "nix" || p.name === "go" ? p.name : undefined;
+      const stop = own && p.pids.daemon !== undefined ? rssPeak(p.pids.daemon) : undefined;
       await pool(n, PARAMS.concurrency, (_, w) => m.samples.time(() => cycle(p.callers[w]!, p)));
-      Object.assign(memory.loaded, Object.fromEntries(Object.entries(stop()).map(([k, v]) => [k, Math.max(v, memory.loaded[k as "nix"] ?? 0)])));
+      if (own && stop) memory.loaded[own] = Math.max(stop(), memory.loaded[own] ?? 0);
     },
     settle,
   );

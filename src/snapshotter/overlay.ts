@@ -283,6 +283,9 @@ export class OverlaySnapshotter implements Snapshotter {
       } finally {
         this.forget(key);
       }
+      // containerd asks Mounts of a new snapshot right away (before
+      // mounting it, and again when a task starts).
+      this.records.set(key, record);
       this.log.debug("created", { key, parent, kind, id: record.id });
       return record;
     } catch (err) {
