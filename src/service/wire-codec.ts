@@ -20,74 +20,55 @@
 import type { Mount } from "../snapshotter/snapshotter.js";
 import type { WireInfo, WireTimestamp } from "./snapshots.js";
 
-/** Tag bytes: field number << 3 | wire type (0 varint, 2 length-delimited). */
-const LEN = (field: number) => (field << 3) | 2;
-const VARINT = (field: number) => field << 3;
+// Each message is sized first, then written into one buffer: no
+// intermediate chunks (a first version that joined chunks was twice as slow
+// as proto-loader on List batches). Every field number here is below 16, so
+// a tag is one byte: field << 3 | wire type (0 varint, 2 length-delimited).
 
-/** Writes protobuf fields into a list of chunks; bytes() joins them. */
-class Writer {
-  private readonly chunks: Buffer[] = [];
-  private scratch: number[] = [];
-  length = 0;
-
-  private flushScratch(): void {
-    if (this.scratch.length === 0) return;
-    this.chunks.push(Buffer.from(this.scratch));
-    this.length += this.scratch.length;
-    this.scratch = [];
+function varintSize(n: number): number {
+  if (n < 0) return 10; // int64 two's complement
+  let size = 1;
+  while (n >= 128) {
+    n = Math.floor(n / 128);
+    size++;
   }
+  return size;
+}
 
-  varint(n: number | bigint): void {
-    if (typeof n === "number" && n >= 0 && n <= 0xffffffff) {
-      while (n > 0x7f) {
-        this.scratch.push((n & 0x7f) | 0x80);
-        n >>>= 7;
-      }
-      this.scratch.push(n);
-      return;
-    }
-    // int64 beyond 32 bits, or negative (two's complement, ten bytes).
+function putVarint(buf: Buffer, off: number, n: number): number {
+  if (n < 0) {
     let b = BigInt.asUintN(64, BigInt(n));
     while (b > 0x7fn) {
-      this.scratch.push(Number(b & 0x7fn) | 0x80);
+      buf[off++] = Number(b & 0x7fn) | 0x80;
       b >>= 7n;
     }
-    this.scratch.push(Number(b));
+    buf[off++] = Number(b);
+    return off;
   }
+  while (n >= 128) {
+    buf[off++] = (n % 128) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  buf[off++] = n;
+  return off;
+}
 
-  /** A length-delimited field with these bytes. */
-  bytes(field: number, b: Buffer): void {
-    this.scratch.push(LEN(field));
-    this.varint(b.length);
-    this.flushScratch();
-    this.chunks.push(b);
-    this.length += b.length;
-  }
+/** Size of a length-delimited field whose body has `len` bytes. */
+const lenField = (len: number) => 1 + varintSize(len) + len;
 
-  /** A string field; proto3 leaves out empty ones unless `always` (map entries, repeated). */
-  string(field: number, s: string, always = false): void {
-    if (s === "" && !always) return;
-    this.bytes(field, Buffer.from(s, "utf8"));
-  }
+function putLenHeader(buf: Buffer, off: number, field: number, len: number): number {
+  buf[off++] = (field << 3) | 2;
+  return putVarint(buf, off, len);
+}
 
-  /** A varint field; proto3 leaves out zero. */
-  uint(field: number, n: number | bigint): void {
-    if (n === 0 || n === 0n) return;
-    this.scratch.push(VARINT(field));
-    this.varint(n);
-  }
+function putString(buf: Buffer, off: number, field: number, s: string, bytes: number): number {
+  off = putLenHeader(buf, off, field, bytes);
+  return off + buf.write(s, off, bytes, "utf8");
+}
 
-  /** A nested message, always written (present, even when empty). */
-  message(field: number, fill: (w: Writer) => void): void {
-    const inner = new Writer();
-    fill(inner);
-    this.bytes(field, inner.finish());
-  }
-
-  finish(): Buffer {
-    this.flushScratch();
-    return this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.length);
-  }
+function putUint(buf: Buffer, off: number, field: number, n: number): number {
+  buf[off++] = field << 3;
+  return putVarint(buf, off, n);
 }
 
 // ---------------------------------------------------------------- mounts
@@ -98,14 +79,18 @@ const encodedMounts = new WeakMap<Mount, Buffer>();
 function encodeMountField(m: Mount): Buffer {
   let buf = encodedMounts.get(m);
   if (buf) return buf;
-  const w = new Writer();
-  w.message(1, (b) => {
-    b.string(1, m.type);
-    b.string(2, m.source);
-    b.string(3, m.target ?? "");
-    for (const o of m.options) b.string(4, o, true);
-  });
-  buf = w.finish();
+  const target = m.target ?? "";
+  const tl = Buffer.byteLength(m.type), sl = Buffer.byteLength(m.source), gl = Buffer.byteLength(target);
+  const ol = m.options.map((o) => Buffer.byteLength(o));
+  // proto3 leaves out empty strings, but not the elements of a repeated field.
+  let body = (tl ? lenField(tl) : 0) + (sl ? lenField(sl) : 0) + (gl ? lenField(gl) : 0);
+  for (const l of ol) body += lenField(l);
+  buf = Buffer.allocUnsafe(lenField(body));
+  let off = putLenHeader(buf, 0, 1, body);
+  if (tl) off = putString(buf, off, 1, m.type, tl);
+  if (sl) off = putString(buf, off, 2, m.source, sl);
+  if (gl) off = putString(buf, off, 3, target, gl);
+  m.options.forEach((o, i) => (off = putString(buf!, off, 4, o, ol[i]!)));
   encodedMounts.set(m, buf);
   return buf;
 }
@@ -125,42 +110,58 @@ export function encodeMountsResponse(mounts: readonly Mount[]): Buffer {
 
 const KIND_NUMBER: Record<string, number> = { UNKNOWN: 0, VIEW: 1, ACTIVE: 2, COMMITTED: 3 };
 
-function timestamp(w: Writer, field: number, t: WireTimestamp | null | undefined): void {
-  if (!t) return;
-  w.message(field, (b) => {
-    b.uint(1, t.seconds);
-    b.uint(2, t.nanos);
-  });
+function timestampSize(t: WireTimestamp): number {
+  return (t.seconds ? 1 + varintSize(t.seconds) : 0) + (t.nanos ? 1 + varintSize(t.nanos) : 0);
+}
+
+function putTimestamp(buf: Buffer, off: number, field: number, t: WireTimestamp, size: number): number {
+  off = putLenHeader(buf, off, field, size);
+  if (t.seconds) off = putUint(buf, off, 1, t.seconds);
+  if (t.nanos) off = putUint(buf, off, 2, t.nanos);
+  return off;
 }
 
 /** An Info message's own bytes (without tag and length). */
 export function encodeInfo(info: WireInfo): Buffer {
-  const w = new Writer();
-  w.string(1, info.name);
-  w.string(2, info.parent);
-  w.uint(3, KIND_NUMBER[info.kind] ?? 0);
-  timestamp(w, 4, info.createdAt);
-  timestamp(w, 5, info.updatedAt);
-  for (const [k, v] of Object.entries(info.labels)) {
-    // A map entry is a message { 1 key, 2 value }.
-    w.message(6, (e) => {
-      e.string(1, k, true);
-      e.string(2, v, true);
-    });
-  }
-  return w.finish();
+  const nl = Buffer.byteLength(info.name), pl = Buffer.byteLength(info.parent);
+  const kind = KIND_NUMBER[info.kind] ?? 0;
+  const c = info.createdAt, u = info.updatedAt;
+  const cs = c ? timestampSize(c) : 0, us = u ? timestampSize(u) : 0;
+  const labels = Object.entries(info.labels);
+  // A map entry is a message { 1 key, 2 value }, both always written.
+  const ll = labels.map(([k, v]) => [Buffer.byteLength(k), Buffer.byteLength(v)] as const);
+  let size = (nl ? lenField(nl) : 0) + (pl ? lenField(pl) : 0) + (kind ? 2 : 0) + (c ? lenField(cs) : 0) + (u ? lenField(us) : 0);
+  for (const [kl, vl] of ll) size += lenField(lenField(kl) + lenField(vl));
+  const buf = Buffer.allocUnsafe(size);
+  let off = 0;
+  if (nl) off = putString(buf, off, 1, info.name, nl);
+  if (pl) off = putString(buf, off, 2, info.parent, pl);
+  if (kind) off = putUint(buf, off, 3, kind);
+  if (c) off = putTimestamp(buf, off, 4, c, cs);
+  if (u) off = putTimestamp(buf, off, 5, u, us);
+  labels.forEach(([k, v], i) => {
+    const [kl, vl] = ll[i]!;
+    off = putLenHeader(buf, off, 6, lenField(kl) + lenField(vl));
+    off = putString(buf, off, 1, k, kl);
+    off = putString(buf, off, 2, v, vl);
+  });
+  return buf;
 }
 
 /** StatSnapshotResponse and UpdateSnapshotResponse: `Info info = 1`. */
 export function encodeInfoResponse(info: Buffer): Buffer {
-  const w = new Writer();
-  w.bytes(1, info);
-  return w.finish();
+  return encodeListResponse([info]);
 }
 
 /** ListSnapshotsResponse: `repeated Info info = 1`. */
 export function encodeListResponse(infos: readonly Buffer[]): Buffer {
-  const w = new Writer();
-  for (const i of infos) w.bytes(1, i);
-  return w.finish();
+  let size = 0;
+  for (const i of infos) size += lenField(i.length);
+  const buf = Buffer.allocUnsafe(size);
+  let off = 0;
+  for (const i of infos) {
+    off = putLenHeader(buf, off, 1, i.length);
+    off += i.copy(buf, off);
+  }
+  return buf;
 }

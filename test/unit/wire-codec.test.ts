@@ -9,6 +9,7 @@ t.test("hand-encoded mount responses decode as the proto says", async (t) => {
     { type: "overlay", source: "overlay", options: ["index=off", "workdir=/r/2/work", "upperdir=/r/2/fs", "lowerdir=/r/1/fs"] },
     { type: "bind", source: "/nix/store/aaaa-é-unicode", target: "/nix/store/aaaa-é-unicode", options: ["ro", "rbind"] },
     { type: "bind", source: "/x".repeat(100), options: [] },
+    { type: "", source: "", target: "/t", options: ["", "ro", "é".repeat(70)] },
   ];
   const decode = snapshotsService().service.Mounts!.responseDeserialize;
   for (const res of [encodeMountsResponse(mounts), encodeMountsResponse(mounts)]) {
