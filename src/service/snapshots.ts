@@ -174,7 +174,9 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
     List: (call: grpc.ServerWritableStream<{ filters: string[] }, unknown>) => {
       let batch: Buffer[] = [];
       sn.walk((info) => {
-        batch.push(infoBytes(info));
+        // Not infoBytes(): walk's Info objects are new on every List, and
+        // keeping their bytes in the WeakMap costs more than it saves.
+        batch.push(encodeInfo(toWireInfo(info)));
         if (batch.length >= LIST_BATCH) {
           call.write(encodeListResponse(batch));
           batch = [];
