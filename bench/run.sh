@@ -8,6 +8,11 @@
 # --quick is passed to every benchmark (a smoke run; the page says so).
 # docs/performance.md is replaced only when every benchmark succeeded; if one
 # fails the script names it and exits non-zero.
+#
+# bench/snapshotter compares with containerd's overlay snapshotter served as
+# a Go proxy plugin; bench/snapshotter/go-proxy.sh builds it on first use
+# (apt-get download of Debian's Go toolchain and containerd's packaged Go
+# sources into build/go-proxy, nothing installed; a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The project's Nix settings (scripts/nix-conf/nix.conf).

@@ -7,7 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../log.js";
 import type { Info, Kind, Mount, Snapshotter } from "../snapshotter/snapshotter.js";
 import { snapshotsService } from "./proto.js";
-import { encodeMountsResponse } from "./mount-codec.js";
+import { encodeInfo, encodeInfoResponse, encodeListResponse, encodeMountsResponse } from "./wire-codec.js";
 import { toStatus } from "./status.js";
 
 export interface WireTimestamp {
@@ -84,13 +84,29 @@ export function fromWireMount(w: WireMount): Mount {
   return m;
 }
 
-/** The three responses that carry mounts are encoded by mount-codec.ts: pass the bytes through. */
-function withPreEncodedMounts(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+/** The responses wire-codec.ts encodes: their bytes pass through. */
+function withPreEncodedResponses(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...def };
-  for (const m of ["Prepare", "View", "Mounts"]) {
+  for (const m of ["Prepare", "View", "Mounts", "Stat", "Update", "List"]) {
     out[m] = { ...def[m]!, responseSerialize: (v: unknown) => v as Buffer };
   }
   return out;
+}
+
+/**
+ * An Info's encoding, kept for as long as the Info object lives: the
+ * overlay snapshotter's read index hands out the same object until the
+ * snapshot changes.
+ */
+const encodedInfos = new WeakMap<Info, Buffer>();
+
+function infoBytes(info: Info): Buffer {
+  let b = encodedInfos.get(info);
+  if (!b) {
+    b = encodeInfo(toWireInfo(info));
+    encodedInfos.set(info, b);
+  }
+  return b;
 }
 
 /** containerd's snapshots service sends List results in batches of this size. */
@@ -156,14 +172,14 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
       await sn.remove(r.key);
       return {};
     }),
-    Stat: unary<KeyReq, unknown>("stat", (r) => r.key, async (r) => ({ info: toWireInfo(await sn.stat(r.key)) })),
-    Update: unary<{ info: WireInfo | null; updateMask: { paths: string[] } | null }, unknown>(
+    Stat: unary<KeyReq, Buffer>("stat", (r) => r.key, async (r) => encodeInfoResponse(infoBytes(await sn.stat(r.key)))),
+    Update: unary<{ info: WireInfo | null; updateMask: { paths: string[] } | null }, Buffer>(
       "update",
       (r) => r.info?.name,
       async (r) => {
         const info = r.info ?? { name: "", labels: {} };
         const updated = await sn.update({ name: info.name, labels: info.labels ?? {} }, r.updateMask?.paths ?? []);
-        return { info: toWireInfo(updated) };
+        return encodeInfoResponse(infoBytes(updated));
       },
     ),
     Usage: unary<KeyReq, unknown>("usage", (r) => r.key, async (r) => {
@@ -175,16 +191,18 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
       return {};
     }),
     List: (call: grpc.ServerWritableStream<{ filters: string[] }, unknown>) => {
-      let batch: WireInfo[] = [];
+      let batch: Buffer[] = [];
       sn.walk((info) => {
-        batch.push(toWireInfo(info));
+        // Not infoBytes(): walk's Info objects are new on every List, and
+        // keeping their bytes in the WeakMap costs more than it saves.
+        batch.push(encodeInfo(toWireInfo(info)));
         if (batch.length >= LIST_BATCH) {
-          call.write({ info: batch });
+          call.write(encodeListResponse(batch));
           batch = [];
         }
       }, call.request.filters).then(
         () => {
-          if (batch.length > 0) call.write({ info: batch });
+          if (batch.length > 0) call.write(encodeListResponse(batch));
           log.debug("list", { namespace: namespace(call), filters: call.request.filters.join(" | ") || undefined });
           call.end();
         },
@@ -196,5 +214,5 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
       );
     },
   };
-  server.addService(withPreEncodedMounts(snapshotsService().service), handlers);
+  server.addService(withPreEncodedResponses(snapshotsService().service), handlers);
 }

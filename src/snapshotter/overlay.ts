@@ -79,6 +79,19 @@ export class OverlaySnapshotter implements Snapshotter {
   private readonly log: Logger;
   /** Temporary directories of Prepare/View calls in flight: Cleanup keeps them. */
   private readonly pending = new Set<string>();
+  /**
+   * Read index in front of the metadata store for Stat and Mounts, by key:
+   * containerd Stats every snapshot on each List and asks Mounts before
+   * every container start. Filled on read, dropped by every write to the
+   * key, in the same synchronous step as the write's transaction (the store
+   * has one writer, this process, and its calls never yield), so a reader
+   * never sees an entry older than the database. Memory only: a restart
+   * starts empty and refills from the database. Entries are shared: callers
+   * must not modify what stat() and record() return.
+   */
+  private readonly infos = new Map<string, Info>();
+  private readonly records = new Map<string, SnapshotRecord>();
+  private readonly mountsByRecord = new WeakMap<SnapshotRecord, Mount[]>();
   private closed = false;
 
   private constructor(root: string, ms: MetaStore, style: OverlayStyle, log: Logger) {
@@ -126,11 +139,28 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async stat(key: string): Promise<Info> {
-    return this.ms.read(() => this.ms.getInfo(key).info);
+    let info = this.infos.get(key);
+    if (!info) {
+      info = this.ms.read(() => this.ms.getInfo(key).info);
+      this.infos.set(key, info);
+    }
+    return info;
+  }
+
+  /** Drops the read index's entries of keys a write changed. */
+  private forget(...keys: string[]): void {
+    for (const k of keys) {
+      this.infos.delete(k);
+      this.records.delete(k);
+    }
   }
 
   async update(info: Pick<Info, "name" | "labels">, fieldPaths: string[] = []): Promise<Info> {
-    return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths));
+    try {
+      return this.ms.transaction(() => this.ms.updateLabels(info.name, info.labels ?? {}, fieldPaths));
+    } finally {
+      this.forget(info.name);
+    }
   }
 
   async usage(key: string): Promise<Usage> {
@@ -142,13 +172,20 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    const s = this.ms.read(() => this.ms.getSnapshot(key));
-    return computeMounts(this.paths, s, this.style.options, this.style.type);
+    return this.mountsOf(await this.record(key));
   }
 
-  /** The rootfs mounts of a record obtained from record(). */
+  /**
+   * The rootfs mounts of a record obtained from record() or create(): the
+   * same objects for the same record, so their wire encoding is reused.
+   */
   mountsOf(s: SnapshotRecord): Mount[] {
-    return computeMounts(this.paths, s, this.style.options, this.style.type);
+    let m = this.mountsByRecord.get(s);
+    if (!m) {
+      m = computeMounts(this.paths, s, this.style.options, this.style.type);
+      this.mountsByRecord.set(s, m);
+    }
+    return m;
   }
 
   /** The id (directory name) of any snapshot. */
@@ -163,7 +200,12 @@ export class OverlaySnapshotter implements Snapshotter {
 
   /** The record (id, kind, parent ids) of an active snapshot or view. */
   async record(key: string): Promise<SnapshotRecord> {
-    return this.ms.read(() => this.ms.getSnapshot(key));
+    let rec = this.records.get(key);
+    if (!rec) {
+      rec = this.ms.read(() => this.ms.getSnapshot(key));
+      this.records.set(key, rec);
+    }
+    return rec;
   }
 
   /** The snapshot itself followed by its parents, nearest first. */
@@ -188,7 +230,11 @@ export class OverlaySnapshotter implements Snapshotter {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
     }
     const usage = await diskUsage(upperPath(this.paths, id));
-    this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}));
+    try {
+      this.ms.transaction(() => this.ms.commitActive(key, name, usage, opts.labels ?? {}));
+    } finally {
+      this.forget(key, name);
+    }
     this.log.debug("committed", { key, name, id });
   }
 
@@ -202,7 +248,12 @@ export class OverlaySnapshotter implements Snapshotter {
    * same step as the removal. Returns the id.
    */
   async removeChecked(key: string, check?: (id: string) => void): Promise<string> {
-    const { id } = this.ms.transaction(() => this.ms.remove(key, check));
+    let id: string;
+    try {
+      ({ id } = this.ms.transaction(() => this.ms.remove(key, check)));
+    } finally {
+      this.forget(key);
+    }
     await this.removeDir(path.join(this.paths.snapshotsDir, id));
     this.log.debug("removed", { key, id });
     return id;
@@ -214,9 +265,16 @@ export class OverlaySnapshotter implements Snapshotter {
    * that took the same key meanwhile.
    */
   async removeById(id: string): Promise<void> {
-    if (this.ms.transaction(() => this.ms.removeIfChildless(id))) {
-      await this.removeDir(path.join(this.paths.snapshotsDir, id));
+    let removed: boolean;
+    try {
+      removed = this.ms.transaction(() => this.ms.removeIfChildless(id));
+    } finally {
+      // The read index is by key and this removal is by id; an undo is
+      // rare, so drop the whole index rather than search it.
+      this.infos.clear();
+      this.records.clear();
     }
+    if (removed) await this.removeDir(path.join(this.paths.snapshotsDir, id));
   }
 
   async walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {
@@ -285,15 +343,23 @@ export class OverlaySnapshotter implements Snapshotter {
       if (parent !== "") this.inheritOwner(parent, path.join(td, "fs"));
       fsyncPath(td);
 
-      const record = this.ms.transaction(() => {
-        const s = this.ms.createSnapshot(kind, key, parent, labels);
-        inTransaction?.(s.id);
-        moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
-        // The rename is on disk before the row is: never a row without its
-        // directory after a power loss.
-        fsyncPath(this.paths.snapshotsDir);
-        return s;
-      });
+      let record: SnapshotRecord;
+      try {
+        record = this.ms.transaction(() => {
+          const s = this.ms.createSnapshot(kind, key, parent, labels);
+          inTransaction?.(s.id);
+          moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
+          // The rename is on disk before the row is: never a row without its
+          // directory after a power loss.
+          fsyncPath(this.paths.snapshotsDir);
+          return s;
+        });
+      } finally {
+        this.forget(key);
+      }
+      // containerd asks Mounts of a new snapshot right away (before
+      // mounting it, and again when a task starts).
+      this.records.set(key, record);
       this.log.debug("created", { key, parent, kind, id: record.id });
       return record;
     } catch (err) {

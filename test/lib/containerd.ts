@@ -18,6 +18,8 @@ export interface ContainerdOptions {
   dir: string;
   /** The nix-snapshotter socket for the `nix` proxy plugin. */
   snapshotterAddress: string;
+  /** More proxy snapshotters: plugin name -> socket. */
+  proxySnapshotters?: Record<string, string>;
   /** Enable the CRI plugin (with the settings a nix snapshotter needs). */
   cri?: {
     sandboxImage: string;
@@ -175,6 +177,9 @@ disabled_plugins = [${disabledPlugins(b, !!o.cri).map(q).join(", ")}]
   [proxy_plugins.nix.exports]
     enable_remote_snapshot_annotations = "true"
 `;
+  }
+  for (const [name, address] of Object.entries(o.proxySnapshotters ?? {})) {
+    cfg += `\n[proxy_plugins.${JSON.stringify(name)}]\n  type = "snapshot"\n  address = "${address}"\n`;
   }
   cfg += `
 # The Transfer service unpacks only for the platform/snapshotter pairs listed

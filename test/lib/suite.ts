@@ -247,6 +247,36 @@ export const CASES: Record<string, Case> = {
     t.same((await listAll(h.sn)).map((i) => i.name), ["ok"], "refused calls created nothing");
   },
 
+  // Stat and Mounts answer from a read index: every write must show in the
+  // very next read of the same key, also when the key is used again.
+  async ReadsFollowWrites(t, h) {
+    await h.sn.prepare("k", "", { labels: { a: "1" } });
+    t.same((await h.sn.stat("k")).labels, { a: "1" });
+    const first = await h.sn.mounts("k");
+    t.same(await h.sn.mounts("k"), first, "mounts twice: the same");
+    await h.sn.update({ name: "k", labels: { a: "2" } });
+    t.same((await h.sn.stat("k")).labels, { a: "2" }, "stat after update");
+    await h.sn.commit("n", "k", { labels: { c: "3" } });
+    await rejectsWith(t, h.sn.stat("k"), NotFoundError, "stat of the active key after commit");
+    await rejectsWith(t, h.sn.mounts("k"), NotFoundError, "mounts of the active key after commit");
+    const n = await h.sn.stat("n");
+    t.equal(n.kind, "committed", "stat of the committed name");
+    t.same(n.labels, { c: "3" }, "with the commit's labels");
+    await h.sn.prepare("k", "n", { labels: { b: "4" } });
+    const again = await h.sn.stat("k");
+    t.same([again.kind, again.parent, again.labels], ["active", "n", { b: "4" }], "the key used again is the new snapshot");
+    const second = await h.sn.mounts("k");
+    t.notSame(second, first, "and its mounts are the new snapshot's");
+    await h.sn.remove("k");
+    await rejectsWith(t, h.sn.stat("k"), NotFoundError, "stat after remove");
+    await rejectsWith(t, h.sn.mounts("k"), NotFoundError, "mounts after remove");
+    await h.sn.view("k", "n");
+    t.equal((await h.sn.stat("k")).kind, "view", "the key used for a view");
+    await h.sn.remove("k");
+    await h.sn.remove("n");
+    await rejectsWith(t, h.sn.stat("n"), NotFoundError, "stat of a removed committed snapshot");
+  },
+
   async Remove(t, h) {
     await layer(h, "base", "", async (root) => writeFile(path.join(root, "f"), "x"));
     await h.sn.prepare("child", "base");
@@ -477,6 +507,22 @@ export const CASES: Record<string, Case> = {
     const mounts = await h.sn.prepare("over-128", parent);
     const lower = mounts[0]!.options.find((o) => o.startsWith("lowerdir="))!;
     t.equal(lower.split(":").length, 128, "active snapshot on 128 layers has 128 lowerdirs");
+  },
+
+  // containerd's garbage collector calls Cleanup whenever it likes, also
+  // while other clients Prepare: a snapshot created during a Cleanup must
+  // keep its directory. In process, Cleanup starting first and Prepare in
+  // the same tick hits the window between Cleanup's two reads every time.
+  async CleanupDuringPrepare(t, h) {
+    for (let i = 0; i < 20; i++) {
+      const [, mounts] = await Promise.all([h.sn.cleanup(), h.sn.prepare(`race-${i}-active`, i === 0 ? "" : `race-${i - 1}`)]);
+      t.ok(mounts.length > 0, `race-${i}: prepared during a cleanup`);
+      await h.sn.commit(`race-${i}`, `race-${i}-active`);
+    }
+    const seen = await inView(h, "race-19", async (root) => (await readdir(root)).length);
+    t.equal(seen, 0, "a view over the 20 layers prepared during cleanups mounts");
+    await h.sn.cleanup();
+    t.equal((await h.sn.stat("race-19")).kind, "committed", "and a later cleanup keeps them");
   },
 };
 
