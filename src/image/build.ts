@@ -86,9 +86,10 @@ export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
     }
   }
 
-  const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
-  const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations: nixLayerAnnotations(closure, await inStore(o.closureFile)) };
-  return writeImageArchive(
+  try {
+    const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
+    const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations: nixLayerAnnotations(closure, await inStore(o.closureFile)) };
+    return await writeImageArchive(
     {
       layers: [...(base?.layers ?? []), nixLayer],
       config: base ? mergeContainerConfig(base.config, config) : config,
@@ -98,5 +99,8 @@ export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
       ref: o.ref ?? defaultNixRef(o.out),
     },
     o.out,
-  );
+    );
+  } finally {
+    await base?.close();
+  }
 }
