@@ -242,7 +242,8 @@ if (
     t.comment(`state in ${tmp.path}; registries ${basicReg.host} (TLS, basic), ${tokenReg.host} (HTTP, token), ${brokenReg.host} (HTTP, broken storage)`);
 
     const goodConfig = dockerConfig(path.join(tmp.path, "docker-good"), { [basicReg.host]: `${USER}:${PASSWORD}`, [tokenReg.host]: `${USER}:${PASSWORD}`, [brokenReg.host]: `${USER}:${PASSWORD}` });
-    const pushEnv = { DOCKER_CONFIG: goodConfig, NODE_EXTRA_CA_CERTS: tls.cert };
+    // The blob-location cache (cross-repository mounts) lives in the test's own directory.
+    const pushEnv = { DOCKER_CONFIG: goodConfig, NODE_EXTRA_CA_CERTS: tls.cert, XDG_CACHE_HOME: path.join(tmp.path, "cache") };
 
     // --- build ---------------------------------------------------------------------
     const hello = await helloImage(imagesDir, f);
@@ -274,7 +275,7 @@ if (
     await t.test("push over TLS with basic auth: the registry holds our exact manifest", async (t) => {
       const r = await n2c(["push", hello.archive, "--ref", basicRef], pushEnv);
       t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
-      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 2 of 2 blobs .*, 0 already present$`, "m"), "summary: both blobs uploaded");
+      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 2 of 2 blobs .*, 0 mounted, 0 already present$`, "m"), "summary: both blobs uploaded");
       t.match(r.stdout, /^uploaded config sha256:[0-9a-f]{64} /m, "a plain log line per blob when stdout is not a terminal");
       t.notMatch(r.stdout, /\x1b\[/, "no terminal control sequences in plain output");
       t.equal(uploads(basicReg, "hello"), 2, "the registry's log shows 2 upload sessions");
@@ -295,21 +296,43 @@ if (
       const headsBefore = basicReg.count("HEAD", /^\/v2\/hello\/blobs\/sha256:/, 200);
       const r = await n2c(["push", hello.archive, "--ref", basicRef], pushEnv);
       t.equal(r.code, 0, "push exits 0");
-      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 0 of 2 blobs \\(0 B\\), 2 already present$`, "m"), "summary: 0 uploaded, 2 present");
+      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 0 of 2 blobs \\(0 B\\), 0 mounted, 2 already present$`, "m"), "summary: 0 uploaded, 2 present");
       t.equal((r.stdout.match(/^exists +(config|layer 1\/1) sha256:/gm) ?? []).length, 2, "one 'exists' line per blob");
       t.equal(uploads(basicReg, "hello"), 2, "the registry saw no new upload session");
       t.equal(basicReg.count("HEAD", /^\/v2\/hello\/blobs\/sha256:/, 200) - headsBefore, 2, "only two HEADs, both answered 200");
+    });
+
+    await t.test("pushing the same image to another repository mounts every blob: zero uploads", async (t) => {
+      const mountsBefore = basicReg.count("POST", /^\/v2\/nix\/hello\/blobs\/uploads\/\?.*mount=/, 201);
       const other = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/nix/hello:v2`], pushEnv);
-      t.equal(other.code, 0, "push to another repository exits 0");
-      t.match(other.stdout, /uploaded 2 of 2 blobs/, "another repository gets its own blobs (no cross-repository mount)");
+      t.equal(other.code, 0, `push to another repository exits 0 (${other.stderr.trim()})`);
+      t.match(other.stdout, /uploaded 0 of 2 blobs \(0 B\), 2 mounted, 0 already present/, "summary: both blobs mounted");
+      t.equal((other.stdout.match(/^mounted +(config|layer 1\/1) sha256:/gm) ?? []).length, 2, "one 'mounted' line per blob");
+      t.equal(basicReg.count("POST", /^\/v2\/nix\/hello\/blobs\/uploads\/\?.*mount=/, 201) - mountsBefore, 2, "the registry's log: two mounts answered 201 Created");
+      t.equal(uploads(basicReg, "nix/hello"), 0, "and zero upload sessions for nix/hello");
+      t.equal(basicReg.count("PUT", /^\/v2\/nix\/hello\/blobs\/uploads\//), 0, "no blob bytes were PUT there");
+      t.equal(basicReg.count("PATCH", /^\/v2\/nix\/hello\/blobs\/uploads\//), 0, "nor PATCHed");
+      const raw = await skopeo(["inspect", ...creds, "--raw", `docker://${basicReg.host}/nix/hello:v2`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the same manifest from the second repository");
+      const dir = path.join(tmp.path, "skopeo-copy");
+      await skopeo(["copy", "--src-tls-verify=false", "--src-creds", `${USER}:${PASSWORD}`, `docker://${basicReg.host}/nix/hello:v2`, `oci:${dir}:x`]);
+      t.equal(readFileSync(path.join(dir, "blobs/sha256", built.manifest.layers[0]!.digest.slice(7))).length, built.manifest.layers[0]!.size, "and copies the mounted layer's bytes back out");
+
+      const fresh = { ...pushEnv, XDG_CACHE_HOME: path.join(tmp.path, "cache-fresh") };
+      const explicit = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/nix/third:v1`, "--mount-from", "hello"], fresh);
+      t.match(explicit.stdout, /uploaded 0 of 2 blobs \(0 B\), 2 mounted/, "--mount-from mounts without a remembered location");
+      t.equal(uploads(basicReg, "nix/third"), 0, "zero upload sessions there too");
     });
 
     await t.test("on a terminal, push shows progress in place", async (t) => {
       // script(1) runs the push on a pseudo-terminal, so stdout is a TTY.
       const cmd = [process.execPath, NIX2CONTAINER_BIN, "push", hello.archive, "--ref", `${basicReg.host}/tty/hello:latest`].map((a) => `'${a}'`).join(" ");
-      const { stdout } = await run("script", ["-qec", cmd, "/dev/null"], { env: { ...process.env, ...pushEnv }, timeout: 60_000 });
-      t.match(stdout, /\r\x1b\[Kuploading /, "an 'uploading' line drawn in place");
-      t.match(stdout, /\r\x1b\[Kuploaded +(config|layer 1\/1) sha256:/, "replaced by the blob's final line");
+      // A cache of its own: nothing remembered, so the blobs are uploaded, not mounted.
+      const env = { ...process.env, ...pushEnv, XDG_CACHE_HOME: path.join(tmp.path, "cache-tty") };
+      const { stdout } = await run("script", ["-qec", cmd, "/dev/null"], { env, timeout: 60_000 });
+      t.match(stdout, /\r\x1b\[Kpushing 0\/2 blobs, 0 B \/ \d/, "one line drawn in place: blobs and bytes of the total");
+      t.match(stdout, /\r\x1b\[Kpushing 1\/2 blobs, /, "redrawn as blobs finish");
+      t.match(stdout, /\r\x1b\[Kuploaded +(config|layer 1\/1) sha256:/, "finished blobs get a line of their own above it");
       t.match(stdout, /pushed \S+ sha256:[0-9a-f]{64}: uploaded 2 of 2 blobs/, "and the summary");
     });
 
@@ -628,7 +651,8 @@ if (
       t.equal(pushedBase.code, 0, `pushing the base exits 0 (${pushedBase.stderr.trim()})`);
       const pushedDerived = await n2c(["push", fromOci, "--ref", derivedRef], pushEnv);
       t.equal(pushedDerived.code, 0, `pushing the derived image exits 0 (${pushedDerived.stderr.trim()})`);
-      t.match(pushedDerived.stdout, /uploaded 2 of 4 blobs .*, 2 already present$/m, "only the nix layer and the config are uploaded; the base layers are already there");
+      // The nix layer is hello's, pushed to another repository earlier: mounted from there.
+      t.match(pushedDerived.stdout, /uploaded 1 of 4 blobs .*, 1 mounted, 2 already present$/m, "only the config is uploaded; the base layers are already there, the nix layer is mounted");
       await ctr(NS.from, ["images", "rm", "--sync", ref]);
       t.same((await snapshotsOf(NS.from)).map((i) => i.name), [], "removing the image collects all three snapshots");
     });
