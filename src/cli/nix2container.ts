@@ -84,8 +84,9 @@ async function main(): Promise<number> {
           progress: streamProgress(process.stdout, "pushing"),
         });
         const n = r.uploaded.length + r.mounted.length + r.skipped.length;
+        const resent = r.resumed > 0 ? `; ${r.resumed} chunk${r.resumed === 1 ? "" : "s"} sent again after a dropped connection` : "";
         process.stdout.write(
-          `pushed ${r.ref} ${r.digest}: uploaded ${r.uploaded.length} of ${n} blobs (${formatBytes(r.bytesUploaded)}), ${r.mounted.length} mounted, ${r.skipped.length} already present\n`,
+          `pushed ${r.ref} ${r.digest}: uploaded ${r.uploaded.length} of ${n} blobs (${formatBytes(r.bytesUploaded)}), ${r.mounted.length} mounted, ${r.skipped.length} already present${resent}\n`,
         );
       },
     )

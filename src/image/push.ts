@@ -211,7 +211,10 @@ export async function pushImage(o: PushOptions): Promise<PushResult> {
               const status = await client.request({ method: "GET", url: loc });
               // Gone or invalid: the whole blob again, from a new session (withRetry).
               if (status.status !== 204) throw new TransientError(`the upload of ${digest} was lost (HTTP ${status.status}) after: ${err.message}`);
-              offset = rangeEnd(status) ?? 0;
+              // distribution answers "0-0" for an empty upload as for one
+              // byte; what we had confirmed tells them apart.
+              const reported = rangeEnd(status);
+              offset = reported === undefined || (reported === 1 && offset === 0) ? offset : reported;
               loc = header(status, "location") ?? loc;
               result.resumed++;
               progress?.at(offset);

@@ -45,7 +45,7 @@ import type { Info } from "../../src/snapshotter/snapshotter.js";
 import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, helloImage, NIX2CONTAINER_BIN, type Fixtures } from "../lib/images.js";
-import { htpasswdFile, makeCert, type Registry, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
+import { type Front, type FrontOptions, htpasswdFile, makeCert, type Registry, startCapturingRealm, startFront, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 import { entries, freePort, listAll, tail } from "../lib/util.js";
@@ -372,6 +372,134 @@ if (
       t.match(again.stdout, /uploaded 0 of 2 blobs/, "a second push uploads nothing");
       const noTls = await n2c(["push", hello.archive, "--ref", ref], pushEnv);
       failsWith(t, noTls, 4, /cannot reach registry 127\.0\.0\.1:\d+: it does not speak TLS \(for plain HTTP, pass --plain-http\)/, "https to a plain HTTP registry");
+    });
+
+    // --- credential safety and registry parity ------------------------------------------
+    await t.test("a token realm on another host over plain http never sees the registry's password", async (t) => {
+      const basic = Buffer.from(`${USER}:${PASSWORD}`).toString("base64");
+      // Another loopback address, and another host name for the same loopback address.
+      for (const [address, realmHost] of [["127.0.0.2", "127.0.0.2"], ["127.0.0.1", "localhost"]] as const) {
+        const capture = await startCapturingRealm(address);
+        const realm = capture.realm.replace(`//${address}:`, `//${realmHost}:`);
+        const hostile = await startRegistry({ dir: path.join(tmp.path, `reg-hostile-${realmHost}`), auth: { token: { ...tokenAuth, realm } } });
+        registries.push(hostile);
+        try {
+          const env = { ...pushEnv, DOCKER_CONFIG: dockerConfig(path.join(tmp.path, `docker-hostile-${realmHost}`), { [hostile.host]: `${USER}:${PASSWORD}` }) };
+          const r = await n2c(["push", hello.archive, "--ref", `${hostile.host}/hello:latest`, "--plain-http"], env);
+          failsWith(t, r, 3, new RegExp(`the credentials were not sent to the token service http://${realmHost}:\\d+, which is neither https nor the registry itself`), `realm on ${realmHost}`);
+          t.ok(capture.authorizations.length >= 1, `the realm on ${realmHost} was asked (${capture.authorizations.length} time(s))`);
+          t.same(capture.authorizations, capture.authorizations.map(() => undefined), `with no Authorization header at all`);
+          const seen = capture.authorizations.join(" ");
+          t.notOk(seen.includes(basic) || seen.includes(PASSWORD), "the password never reached it");
+          t.equal(hostile.count("POST", /\/blobs\/uploads\//), 0, "and nothing was uploaded");
+        } finally {
+          await capture.stop();
+        }
+      }
+      // The https realm of the token registry did get them (the flow above): ask once more and look.
+      const asked = issuer!.requests.length;
+      const r = await n2c(["push", hello.archive, "--ref", `${tokenReg.host}/hello:realm`, "--plain-http"], pushEnv);
+      t.equal(r.code, 0, "the https realm on another origin is sent the credentials, as docker does");
+      t.ok(issuer!.requests.slice(asked).some((q) => q.authorized), "and accepted them");
+    });
+
+    await t.test("credentials from a credential helper (credsStore, credHelpers)", async (t) => {
+      const bin = path.join(tmp.path, "helper-bin");
+      mkdirSync(bin, { recursive: true });
+      const asked = path.join(tmp.path, "helper-asked");
+      writeFileSync(
+        path.join(bin, "docker-credential-n2ctest"),
+        `#!/bin/sh\n[ "$1" = get ] || exit 3\nread -r server\necho "$server" >> ${asked}\necho '{"ServerURL":"'"$server"'","Username":"${USER}","Secret":"${PASSWORD}"}'\n`,
+        { mode: 0o755 },
+      );
+      const dir = path.join(tmp.path, "docker-helper");
+      mkdirSync(dir, { recursive: true });
+      const env = { ...pushEnv, DOCKER_CONFIG: dir, PATH: `${bin}:${process.env["PATH"] ?? ""}` };
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ auths: { [basicReg.host]: {} }, credsStore: "n2ctest" }));
+      const r = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:store`], env);
+      t.equal(r.code, 0, `push with credsStore exits 0 (${r.stderr.trim()})`);
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ credsStore: "absent", credHelpers: { [basicReg.host]: "n2ctest" } }));
+      const r2 = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:helpers`], env);
+      t.equal(r2.code, 0, `push with credHelpers (over a credsStore that does not exist) exits 0 (${r2.stderr.trim()})`);
+      t.same(readFileSync(asked, "utf8").trim().split("\n"), [basicReg.host, basicReg.host], "the helper was asked for the registry, once per push");
+      const raw = await skopeo(["inspect", ...creds, "--raw", `docker://${basicReg.host}/helper/hello:helpers`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the manifest back");
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ credsStore: "absent" }));
+      failsWith(t, await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:x`], env), 2, /credential helper docker-credential-absent \(from the docker config\) is not on PATH/, "a helper that is not installed");
+    });
+
+    // Fronts for the plain-HTTP registry: a CDN-like blob host that honours
+    // its own URLs (it adds the registry credentials itself, as a signed URL
+    // would be honoured), and the fronts the client talks to.
+    const plainReg = await startRegistry({ dir: path.join(tmp.path, "reg-plain"), auth: { htpasswd } });
+    registries.push(plainReg);
+    const basicHeader = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString("base64")}`;
+    const fronts: Front[] = [];
+    t.teardown(async () => {
+      for (const f of fronts) await f.stop();
+    });
+    const front = async (o: Omit<FrontOptions, "target">) => {
+      const f = await startFront({ target: plainReg.host, ...o });
+      fronts.push(f);
+      return f;
+    };
+    const blobHost = await front({ authorization: basicHeader, address: "127.0.0.2" });
+    const frontEnv = (f: Front) => ({ ...pushEnv, DOCKER_CONFIG: dockerConfig(path.join(tmp.path, `docker-front-${f.host.replace(/[.:]/g, "-")}`), { [f.host]: `${USER}:${PASSWORD}` }) });
+    const plainCreds = ["--tls-verify=false", "--creds", `${USER}:${PASSWORD}`];
+
+    await t.test("a registry that redirects blob HEAD, GET and PUT elsewhere: followed, without credentials", async (t) => {
+      const redirecting = await front({ redirectBlobsTo: blobHost.url });
+      const ref = `${redirecting.host}/redir/hello:latest`;
+      const r = await n2c(["push", hello.archive, "--ref", ref, "--plain-http"], frontEnv(redirecting));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      t.match(r.stdout, /uploaded 2 of 2 blobs/, "both blobs uploaded through the redirects");
+      const viaBlobHost = blobHost.requests.filter((q) => q.url.startsWith("/v2/redir/"));
+      t.ok(viaBlobHost.some((q) => q.method === "HEAD") && viaBlobHost.some((q) => q.method === "PUT"), "the blob host got the HEADs and the upload PUTs");
+      t.equal(viaBlobHost.filter((q) => q.authorization !== undefined).length, 0, "and not one Authorization header");
+      t.ok(redirecting.requests.some((q) => q.authorization === basicHeader), "while the registry's own origin got the credentials");
+      t.equal(plainReg.count("PUT", /^\/v2\/redir\/hello\/blobs\/uploads\/.*digest=sha256/, 201), 2, "the registry stored both blobs");
+      const raw = await skopeo(["inspect", ...plainCreds, "--raw", `docker://${plainReg.host}/redir/hello:latest`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the manifest back from the registry itself");
+      const again = await n2c(["push", hello.archive, "--ref", ref, "--plain-http"], frontEnv(redirecting));
+      t.match(again.stdout, /uploaded 0 of 2 blobs \(0 B\), 0 mounted, 2 already present/, "a redirected HEAD answered 200 means present");
+    });
+
+    await t.test("an upload location on another host gets no credentials", async (t) => {
+      const elsewhere = await front({ uploadsAt: blobHost.url });
+      const before = blobHost.requests.length;
+      const r = await n2c(["push", hello.archive, "--ref", `${elsewhere.host}/elsewhere/hello:latest`, "--plain-http"], frontEnv(elsewhere));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      const uploads = blobHost.requests.slice(before).filter((q) => q.method === "PUT");
+      t.equal(uploads.length, 2, "both blobs were PUT to the upload host");
+      t.equal(uploads.filter((q) => q.authorization !== undefined).length, 0, "without an Authorization header");
+      t.equal(elsewhere.requests.filter((q) => q.method === "PUT" && /\/blobs\/uploads\//.test(q.url)).length, 0, "none went to the registry's origin");
+    });
+
+    await t.test("chunked uploads: PATCH chunks, and a dropped connection resumes from the registry's Range", async (t) => {
+      // A 3.5 MiB layer of random bytes, pushed in 1 MiB chunks.
+      const layerTar = await buildLayer([{ type: "file", path: "random.bin", content: randomBytes(3.5 * 1024 * 1024) }]);
+      const bigArchive = path.join(imagesDir, "big.tar");
+      const w = await writeImageArchive({ layers: [{ tar: layerTar, compress: false }], config: { Cmd: ["/x"] }, ref: "example.com/big:1" }, bigArchive);
+      const chunks = Math.ceil(layerTar.length / (1024 * 1024));
+
+      const direct = await front({});
+      const r = await n2c(["push", bigArchive, "--ref", `${direct.host}/chunked/plain:1`, "--plain-http", "--chunk-size", "1"], frontEnv(direct));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      t.equal(plainReg.count("PATCH", /^\/v2\/chunked\/plain\/blobs\/uploads\//, 202), chunks, `the registry took ${chunks} PATCH chunks for the layer`);
+      t.equal(plainReg.count("PUT", /^\/v2\/chunked\/plain\/blobs\/uploads\/.*digest=/, 201), 2, "and two closing PUTs (the config goes in one)");
+
+      // The second chunk's connection drops: the registry holds the first, and says so.
+      const dropping = await front({ dropPatchAt: 1024 * 1024 });
+      const d = await n2c(["push", bigArchive, "--ref", `${dropping.host}/chunked/drop:1`, "--plain-http", "--chunk-size", "1"], frontEnv(dropping));
+      t.equal(d.code, 0, `push through a dropped connection exits 0 (${d.stderr.trim()})`);
+      t.equal(dropping.dropped, 1, "the front dropped one PATCH mid-body");
+      t.match(d.stdout, /1 chunk sent again after a dropped connection/, "the summary says one chunk was sent again");
+      t.equal(plainReg.count("GET", /^\/v2\/chunked\/drop\/blobs\/uploads\//, 204), 1, "the upload's status was asked once");
+      t.equal(plainReg.count("PATCH", /^\/v2\/chunked\/drop\/blobs\/uploads\//, 202), chunks, "the registry saw each chunk exactly once: nothing before the drop was sent again");
+      t.equal(plainReg.count("POST", /^\/v2\/chunked\/drop\/blobs\/uploads\/$/, 202), 2, "one upload session per blob: the session was resumed, not restarted");
+      const out = path.join(tmp.path, "skopeo-big");
+      await skopeo(["copy", "--src-tls-verify=false", "--src-creds", `${USER}:${PASSWORD}`, `docker://${plainReg.host}/chunked/drop:1`, `oci:${out}:x`]);
+      t.ok(readFileSync(path.join(out, "blobs/sha256", w.layerDigests[0]!.slice(7))).equals(layerTar), "skopeo copies the layer back out byte for byte");
     });
 
     // --- push failures ------------------------------------------------------------------

@@ -275,8 +275,12 @@ export interface FrontOptions {
   uploadsAt?: string;
   /** Sent to the registry in place of whatever Authorization the client sent (a blob store honouring its own URLs). */
   authorization?: string;
-  /** Drop the connection of the next PATCH carrying more than this many bytes, before the registry sees any. */
-  dropPatchAfter?: number;
+  /**
+   * Drop the connection of the PATCH whose Content-Range starts at this
+   * offset, once 256 KiB of its body arrived and before the registry sees
+   * any of it (a connection lost between client and front). Once.
+   */
+  dropPatchAt?: number;
   address?: string;
 }
 
@@ -286,23 +290,18 @@ export interface Front {
   readonly requests: FrontRequest[];
   /** Connections dropped so far. */
   dropped: number;
-  /** Arms the drop again. */
-  dropNextPatch(after: number): void;
   stop(): Promise<void>;
 }
 
 /** A plain-http front for a registry; see FrontOptions. Host headers pass through, so the registry's Locations name the front. */
 export async function startFront(o: FrontOptions): Promise<Front> {
   const requests: FrontRequest[] = [];
-  let dropAfter = o.dropPatchAfter;
+  let dropAt = o.dropPatchAt;
   const front: Front = {
     url: "",
     host: "",
     requests,
     dropped: 0,
-    dropNextPatch: (after) => {
-      dropAfter = after;
-    },
     stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
   const blobPath = /^\/v2\/.+\/blobs\/sha256:[0-9a-f]{64}$/;
@@ -316,19 +315,17 @@ export async function startFront(o: FrontOptions): Promise<Front> {
       res.writeHead(307, { location: `${o.redirectBlobsTo}${url}`, "content-length": "0" }).end();
       return;
     }
-    if (req.method === "PATCH" && dropAfter !== undefined) {
-      const limit = dropAfter;
+    const start = Number(/^(\d+)-/.exec(String(req.headers["content-range"] ?? ""))?.[1] ?? -1);
+    if (req.method === "PATCH" && dropAt !== undefined && start === dropAt) {
+      dropAt = undefined;
       let seen = 0;
       req.on("data", (c: Buffer) => {
         seen += c.length;
-        if (seen > limit && dropAfter !== undefined) {
-          dropAfter = undefined;
+        if (seen > 256 * 1024 && !req.socket.destroyed) {
           front.dropped++;
           req.socket.destroy();
         }
       });
-      // A small PATCH passes through untouched.
-      if (Number(req.headers["content-length"] ?? 0) <= limit) forward();
       return;
     }
     forward();
