@@ -120,12 +120,19 @@ export async function pushImage(o: PushOptions): Promise<PushResult> {
     if (byDigest && ref.reference !== img.manifestDigest) {
       throw new InvalidArgumentError(`${o.ref} names digest ${ref.reference}, but the archive's manifest is ${img.manifestDigest}`);
     }
+    const mountFrom = (o.mountFrom ?? []).map((r) => {
+      try {
+        return parseRegistryRef(`${ref.registry}/${r}`).repository;
+      } catch {
+        throw new InvalidArgumentError(`invalid --mount-from repository ${JSON.stringify(r)}: lowercase components separated by /, without a tag`);
+      }
+    });
     const locations = o.blobLocations === false ? undefined : await BlobLocations.load(blobLocationsFile(env));
     const blobs = [
       { what: "config", desc: img.manifest.config },
       ...img.manifest.layers.map((l, i) => ({ what: `layer ${i + 1}/${img.manifest.layers.length}`, desc: l })),
     ];
-    const sourcesOf = (digest: string) => [...new Set([...(o.mountFrom ?? []), ...(locations?.sources(ref.registry, digest, ref.repository) ?? [])])].filter((r) => r !== ref.repository);
+    const sourcesOf = (digest: string) => [...new Set([...mountFrom, ...(locations?.sources(ref.registry, digest, ref.repository) ?? [])])].filter((r) => r !== ref.repository);
     const mountRepos = [...new Set(blobs.flatMap((b) => sourcesOf(b.desc.digest)))];
     const creds = await loadCredentials(ref.registry, env);
     const client = new RegistryClient(ref, creds, o.plainHttp ?? false, o.timeoutMs ?? 60_000, mountRepos.map((r) => `repository:${r}:pull`));
