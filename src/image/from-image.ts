@@ -7,7 +7,7 @@
  * image skips them on push and containerd shares their snapshots with the
  * base image on the node.
  */
-import { openImageArchive } from "./archive.js";
+import { type ImageArchive, openImageArchive } from "./archive.js";
 import type { PrebuiltLayerInput } from "./archive.js";
 import {
   type ContainerConfig,
@@ -66,7 +66,7 @@ export async function readBaseImage(file: string, architecture: string = goArch(
   }
 }
 
-function baseImageOf(img: Awaited<ReturnType<typeof openImageArchive>>, file: string, architecture: string): BaseImage {
+function baseImageOf(img: ImageArchive, file: string, architecture: string): BaseImage {
   const { manifest, config } = img;
   const fail = (why: string): never => {
     throw new Error(`base image ${file}: ${why}`);

@@ -324,10 +324,21 @@ async function streamEntry(pack: tarStream.Pack, header: TarHeader, source: { si
     hash.update(c as Buffer);
     n += (c as Buffer).length;
     if (n > source.size) break;
-    if (!entry.write(c as Buffer)) await new Promise<void>((resolve, reject) => {
-      entry.once("drain", resolve);
-      entry.once("error", reject);
-    });
+    if (!entry.write(c as Buffer)) {
+      await new Promise<void>((resolve, reject) => {
+        // Both listeners go once either fires: a large layer waits for drain thousands of times.
+        const onDrain = () => {
+          entry.off("error", onError);
+          resolve();
+        };
+        const onError = (err: Error) => {
+          entry.off("drain", onDrain);
+          reject(err);
+        };
+        entry.once("drain", onDrain);
+        entry.once("error", onError);
+      });
+    }
   }
   if (n !== source.size) throw new Error(`tar item ${JSON.stringify(header.name)}: its source gave ${n} bytes, expected ${source.size}`);
   const got = `sha256:${hash.digest("hex")}`;

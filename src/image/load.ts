@@ -29,7 +29,7 @@ import { ImagesClient } from "../containerd/images.js";
 import { LeasesClient } from "../containerd/leases.js";
 import { unpackLayers } from "../containerd/unpack.js";
 import { InvalidArgumentError, SnapshotterError, UnavailableError } from "../errors.js";
-import { openImageArchive } from "./archive.js";
+import { type ImageArchive, openImageArchive } from "./archive.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";
 
@@ -82,7 +82,7 @@ export async function loadImage(o: LoadOptions): Promise<LoadResult> {
   }
 }
 
-async function loadOpened(o: LoadOptions, img: Awaited<ReturnType<typeof openImageArchive>>): Promise<LoadResult> {
+async function loadOpened(o: LoadOptions, img: ImageArchive): Promise<LoadResult> {
   const log = o.progress ? (line: string) => o.progress!.note(line) : (o.log ?? (() => undefined));
   const name = o.name ?? img.ref;
   if (name === undefined) throw new InvalidArgumentError(`${o.archive} names no image; give it a name (--ref)`);
