@@ -9,10 +9,10 @@
  * WRITE messages append at that offset and COMMIT verifies size and digest
  * and stores the blob with its labels, all in one stream.
  */
-import type * as grpc from "@grpc/grpc-js";
-import type { BlobSource } from "../image/tar-index.js";
 import { Readable } from "node:stream";
+import type * as grpc from "@grpc/grpc-js";
 import { AlreadyExistsError } from "../errors.js";
+import type { BlobSource } from "../image/tar-index.js";
 import { fromStatus } from "../service/status.js";
 import { loadProto, lookup } from "../service/proto.js";
 import { type ContainerdContext, ServiceClient } from "./grpc.js";
