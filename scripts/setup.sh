@@ -24,7 +24,7 @@ have_containerd17() {
 }
 
 APT_PKGS=(runc nix-bin busybox-static patchelf gcc libc6-dev redis-server skopeo docker-registry apache2-utils
-          redis-tools iproute2 util-linux ca-certificates curl strace
+          redis-tools iproute2 util-linux ca-certificates curl strace zstd
           rootlesskit slirp4netns uidmap fuse-overlayfs fuse3)
 
 missing=()

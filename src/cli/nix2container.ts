@@ -10,7 +10,8 @@ import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE } from "../containerd/grp
 import { SnapshotterError } from "../errors.js";
 import { buildNixImage } from "../image/build.js";
 import { DEFAULT_SNAPSHOTTER, loadImage } from "../image/load.js";
-import { formatBytes, PushError, pushImage, streamProgress } from "../image/push.js";
+import { formatBytes, streamProgress } from "../image/progress.js";
+import { DEFAULT_CHUNK_SIZE, PushError, pushImage } from "../image/push.js";
 import { version } from "./version.js";
 
 class UsageError extends Error {}
@@ -60,17 +61,33 @@ async function main(): Promise<number> {
         y
           .positional("archive", { type: "string", demandOption: true, description: "the image archive (from build)" })
           .option("ref", { type: "string", demandOption: true, description: "where to push: REGISTRY/NAME[:TAG], e.g. 127.0.0.1:5000/hello:latest" })
-          .option("plain-http", { type: "boolean", default: false, description: "speak http:// instead of https://" }),
+          .option("plain-http", { type: "boolean", default: false, description: "speak http:// instead of https://" })
+          .option("chunk-size", {
+            type: "number",
+            default: DEFAULT_CHUNK_SIZE / 1024 / 1024,
+            description: "blobs larger than this many MiB go up in chunks of that size (PATCH, resumed after a dropped connection); 0: one PUT per blob",
+          })
+          .option("mount-from", {
+            type: "string",
+            array: true,
+            description: "another repository of the same registry to mount blobs from before uploading them (repeatable; repositories this host pushed to are tried too)",
+          }),
       async (argv) => {
-        const progress = streamProgress(process.stdout);
-        let r;
-        try {
-          r = await pushImage({ archive: argv.archive!, ref: argv.ref, plainHttp: argv["plain-http"], progress });
-        } finally {
-          progress.done();
-        }
-        const n = r.uploaded.length + r.skipped.length;
-        process.stdout.write(`pushed ${r.ref} ${r.digest}: uploaded ${r.uploaded.length} of ${n} blobs (${formatBytes(r.bytesUploaded)}), ${r.skipped.length} already present\n`);
+        const chunkMiB = argv["chunk-size"];
+        if (!Number.isFinite(chunkMiB) || chunkMiB < 0) throw new UsageError(`--chunk-size must be a number of MiB >= 0, got ${argv["chunk-size"]}`);
+        const r = await pushImage({
+          archive: argv.archive!,
+          ref: argv.ref,
+          plainHttp: argv["plain-http"],
+          chunkSize: Math.round(chunkMiB * 1024 * 1024),
+          mountFrom: argv["mount-from"] ?? [],
+          progress: streamProgress(process.stdout, "pushing"),
+        });
+        const n = r.uploaded.length + r.mounted.length + r.skipped.length;
+        const resent = r.resumed > 0 ? `; ${r.resumed} chunk${r.resumed === 1 ? "" : "s"} sent again after a dropped connection` : "";
+        process.stdout.write(
+          `pushed ${r.ref} ${r.digest}: uploaded ${r.uploaded.length} of ${n} blobs (${formatBytes(r.bytesUploaded)}), ${r.mounted.length} mounted, ${r.skipped.length} already present${resent}\n`,
+        );
       },
     )
     .command(
@@ -94,7 +111,7 @@ async function main(): Promise<number> {
           namespace: argv.namespace ?? (process.env["CONTAINERD_NAMESPACE"] || DEFAULT_NAMESPACE),
           snapshotter: argv.snapshotter,
           ...(argv.ref !== undefined ? { name: argv.ref } : {}),
-          log: (line) => process.stdout.write(`${line}\n`),
+          progress: streamProgress(process.stdout, "loading"),
           signal: abort.signal,
         });
         process.stdout.write(

@@ -9,8 +9,10 @@
  * WRITE messages append at that offset and COMMIT verifies size and digest
  * and stores the blob with its labels, all in one stream.
  */
+import { Readable } from "node:stream";
 import type * as grpc from "@grpc/grpc-js";
 import { AlreadyExistsError } from "../errors.js";
+import type { BlobSource } from "../image/tar-index.js";
 import { fromStatus } from "../service/status.js";
 import { loadProto, lookup } from "../service/proto.js";
 import { type ContainerdContext, ServiceClient } from "./grpc.js";
@@ -50,8 +52,13 @@ export class ContentClient extends ServiceClient {
   /**
    * Stores `data` under `digest` with `labels`. Returns false when the store
    * already had it (its labels are then left alone: set them with setLabels).
+   * A BlobSource is read as a stream, one WRITE message at a time, each
+   * answered before the next is read: memory stays at about one CHUNK
+   * whatever the blob's size.
    */
-  async write(ref: string, digest: string, data: Buffer, labels: Record<string, string> = {}): Promise<boolean> {
+  async write(ref: string, digest: string, data: Buffer | BlobSource, labels: Record<string, string> = {}, onBytes?: (stored: number) => void): Promise<boolean> {
+    const source: BlobSource = Buffer.isBuffer(data) ? { size: data.length, open: (s = 0, e = data.length) => Readable.from([data.subarray(s, e)]) } : data;
+    const size = source.size;
     const stream = this.duplex<WriteRequest, WriteResponse>("Write");
     // Strictly one response per request: a queue and a wake-up are enough.
     const queue: WriteResponse[] = [];
@@ -85,18 +92,27 @@ export class ContentClient extends ServiceClient {
     };
     const send = (req: WriteRequest) => stream.write(req);
 
+    let reader: AsyncIterator<Buffer> | undefined;
     try {
-      send({ action: "STAT", ref, total: data.length, expected: digest });
+      send({ action: "STAT", ref, total: size, expected: digest });
       const stat = await next();
       // A previous attempt with the same ref may have left part of the
       // ingest; the bytes are content-addressed, so resume after them.
       let offset = Number(stat.offset);
-      if (offset > data.length) offset = 0;
-      while (data.length - offset > CHUNK) {
-        send({ action: "WRITE", ref, offset, data: data.subarray(offset, offset + CHUNK) });
-        offset = Number((await next()).offset);
+      if (offset > size) offset = 0;
+      reader = chunked(source.open(offset), CHUNK)[Symbol.asyncIterator]();
+      let pending = offset < size ? (await reader.next()).value : undefined;
+      for (;;) {
+        const following = pending ? (await reader.next()).value : undefined;
+        if (!following) break;
+        send({ action: "WRITE", ref, offset, data: pending });
+        const at = Number((await next()).offset);
+        if (at !== offset + pending!.length) throw new Error(`content write ${ref}: containerd is at offset ${at}, expected ${offset + pending!.length}`);
+        offset = at;
+        onBytes?.(offset);
+        pending = following;
       }
-      send({ action: "COMMIT", ref, offset, data: data.subarray(offset), total: data.length, expected: digest, labels });
+      send({ action: "COMMIT", ref, offset, data: pending ?? Buffer.alloc(0), total: size, expected: digest, labels });
       const done = await next();
       if (done.digest !== digest) throw new Error(`content write ${ref}: containerd stored ${done.digest}, expected ${digest}`);
       stream.end();
@@ -105,6 +121,33 @@ export class ContentClient extends ServiceClient {
       stream.cancel();
       if (err instanceof AlreadyExistsError) return false;
       throw err;
+    } finally {
+      await reader?.return?.();
     }
+  }
+}
+
+/** A stream's bytes regrouped into chunks of exactly `size` bytes (the last may be shorter). */
+async function* chunked(input: Readable, size: number): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let have = 0;
+  try {
+    for await (const raw of input) {
+      let c = raw as Buffer;
+      while (c.length > 0) {
+        const take = Math.min(size - have, c.length);
+        parts.push(c.subarray(0, take));
+        have += take;
+        c = c.subarray(take);
+        if (have === size) {
+          yield Buffer.concat(parts);
+          parts = [];
+          have = 0;
+        }
+      }
+    }
+    if (have > 0) yield Buffer.concat(parts);
+  } finally {
+    input.destroy();
   }
 }

@@ -10,19 +10,22 @@
  * at manifest.json. Everything is deterministic: same input, same bytes.
  *
  * The reader accepts that layout (or any OCI layout tar, e.g. skopeo's
- * oci-archive) and docker-archive tars as `docker save` writes them. It holds
- * every blob in memory, which is fine for images up to a few hundred MB; a
- * streaming reader would be needed beyond that.
+ * oci-archive) and docker-archive tars as `docker save` writes them. Neither
+ * side holds layers in memory: the reader indexes the tar's members
+ * (tar-index.ts) and hands out blobs as streams over their ranges of the
+ * file, and the writer streams base layers from their archive into the new
+ * one, so memory stays bounded whatever the size of the layers.
  */
+import buffer from "node:buffer";
 import { randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { open, rename, unlink } from "node:fs/promises";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdtemp, open, rename, rm, unlink } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
-import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
-import tarStream from "tar-stream";
-import { detectCompression, gunzip, gzip, streamTar, type TarItem } from "./layer.js";
+import { detectCompression, digestStream, gzip, streamTar, type TarItem } from "./layer.js";
+import { type BlobSource, bufferSource, fileRange, indexTar, readSource } from "./tar-index.js";
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
   ANNOTATION_REF_NAME,
@@ -93,7 +96,12 @@ export interface TarLayerInput {
  */
 export interface PrebuiltLayerInput {
   /** The layer blob exactly as stored (compressed or not). */
-  blob: Buffer;
+  blob: Buffer | BlobSource;
+  /**
+   * The blob's digest; required for a BlobSource, whose bytes are hashed as
+   * they are copied and the archive refused if they differ.
+   */
+  digest?: string;
   /** An OCI layer media type matching the blob's compression. */
   mediaType: string;
   /** sha256 of the uncompressed tar, from the base image's rootfs.diff_ids. */
@@ -140,13 +148,19 @@ export interface WrittenImage {
   ref?: string;
 }
 
-/** An image assembled in memory: its blobs, keyed by digest, and metadata. */
+/** An image assembled: its blobs, keyed by digest (base layers left in their file), and metadata. */
 export interface BuiltImage extends WrittenImage {
   manifest: Manifest;
   config: ImageConfig;
   /** The index.json of an OCI layout holding just this image. */
   index: Index;
-  blobs: Map<string, Buffer>;
+  blobs: Map<string, Buffer | VerifiedSource>;
+}
+
+/** A blob left in another file, with the digest its bytes must have. */
+export interface VerifiedSource {
+  source: BlobSource;
+  digest: string;
 }
 
 export const DEFAULT_CREATED = "1970-01-01T00:00:01Z";
@@ -190,18 +204,28 @@ function jsonBytes(v: unknown): Buffer {
   return Buffer.from(JSON.stringify(v), "utf8");
 }
 
-/** Builds every blob of an image in memory, deterministically. */
+/** Builds every blob of an image, deterministically; prebuilt layers in files stay there. */
 export async function buildImage(image: ImageInput): Promise<BuiltImage> {
-  const blobs = new Map<string, Buffer>();
+  const blobs = new Map<string, Buffer | VerifiedSource>();
   const layerDescs: Descriptor[] = [];
   const diffIds: string[] = [];
   for (const [i, layer] of image.layers.entries()) {
     if ("blob" in layer) {
-      const digest = sha256Digest(layer.blob);
-      blobs.set(digest, layer.blob);
+      let digest: string;
+      let size: number;
+      if (Buffer.isBuffer(layer.blob)) {
+        digest = sha256Digest(layer.blob);
+        size = layer.blob.length;
+        blobs.set(digest, layer.blob);
+      } else {
+        if (!layer.digest) throw new Error(`layer ${i}: a prebuilt layer read from a file needs its digest`);
+        digest = layer.digest;
+        size = layer.blob.size;
+        blobs.set(digest, { source: layer.blob, digest });
+      }
       diffIds.push(layer.diffId);
       const annotations = nonEmpty(layer.annotations);
-      layerDescs.push({ mediaType: layer.mediaType, digest, size: layer.blob.length, ...(annotations ? { annotations } : {}) });
+      layerDescs.push({ mediaType: layer.mediaType, digest, size, ...(annotations ? { annotations } : {}) });
       continue;
     }
     if (detectCompression(layer.tar) !== "none") {
@@ -315,7 +339,7 @@ function archiveItems(built: BuiltImage): TarItem[] {
     },
   ];
   const layout: ImageLayout = { imageLayoutVersion: OCI_LAYOUT_VERSION };
-  const files = new Map<string, Buffer>();
+  const files = new Map<string, Buffer | VerifiedSource>();
   for (const [digest, blob] of built.blobs) files.set(blobPath(digest), blob);
   files.set("index.json", jsonBytes(built.index));
   files.set("manifest.json", jsonBytes(docker));
@@ -329,7 +353,8 @@ function archiveItems(built: BuiltImage): TarItem[] {
   const names = [...files.keys()].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
   for (const name of names) {
     const body = files.get(name)!;
-    items.push({ header: { ...common, name, type: "file", mode: 0o100644, size: body.length }, body });
+    if (Buffer.isBuffer(body)) items.push({ header: { ...common, name, type: "file", mode: 0o100644, size: body.length }, body });
+    else items.push({ header: { ...common, name, type: "file", mode: 0o100644, size: body.source.size }, source: body.source, digest: body.digest });
   }
   return items;
 }
@@ -363,16 +388,31 @@ export async function writeImageArchive(image: ImageInput, outFile: string): Pro
 
 // --- reading -----------------------------------------------------------------
 
-export interface ReadImage {
+/**
+ * An image archive opened for reading. Its metadata (index, manifest,
+ * config) is parsed and verified; blobs stay in the file and are read as
+ * streams, so an archive of any size costs a bounded amount of memory.
+ * close() releases the temporary file of a gzipped archive.
+ */
+export interface ImageArchive {
   /** index.json for an OCI layout; synthesized for a docker-archive. */
   index: Index;
   manifest: Manifest;
   manifestDigest: string;
   config: ImageConfig;
-  /** Every blob of the image (and, for an OCI layout, every blob in it), by digest. */
-  blobs: Map<string, Buffer>;
   ref?: string;
   format: "oci-layout" | "docker-archive";
+  /** A blob by digest (manifest and config included), or undefined. */
+  blob(digest: string): BlobSource | undefined;
+  /** Digests of every blob the archive holds. */
+  digests(): string[];
+  close(): Promise<void>;
+}
+
+/** An archive read whole into memory (small archives: tests and tools). */
+export interface ReadImage extends Omit<ImageArchive, "blob" | "digests" | "close"> {
+  /** Every blob of the image (and, for an OCI layout, every blob in it), by digest. */
+  blobs: Map<string, Buffer>;
 }
 
 export interface ReadOptions {
@@ -383,19 +423,30 @@ export interface ReadOptions {
   ref?: string;
   /** Platform to prefer in a multi-platform index; default linux/goArch(). */
   platform?: Platform;
+  /**
+   * Also check every layer of an OCI layout against the config's diff_ids
+   * (decompressing gzip and zstd). docker-archives are always checked: their
+   * layer file names are not digests.
+   */
+  diffIds?: boolean;
 }
+
+/** Manifests, configs and indexes are JSON of a few KiB; refuse absurd ones rather than buffer them. */
+const MAX_JSON_BLOB = 16 * 1024 * 1024;
 
 /** Regular files of a tar by normalised name, with symlinks and hardlinks resolved. */
 class TarFiles {
-  readonly files = new Map<string, Buffer>();
+  readonly files = new Map<string, BlobSource>();
   readonly links = new Map<string, string>();
+
+  constructor(readonly file: string) {}
 
   static normalise(name: string): string {
     return name.split("/").filter((s) => s !== "" && s !== ".").join("/");
   }
 
-  /** The content of `name`, following links (docker save links duplicate layers). */
-  get(name: string): Buffer | undefined {
+  /** The member `name`, following links (docker save links duplicate layers). */
+  get(name: string): BlobSource | undefined {
     let n = TarFiles.normalise(name);
     for (let hops = 0; hops < 16; hops++) {
       const f = this.files.get(n);
@@ -410,11 +461,19 @@ class TarFiles {
   has(name: string): boolean {
     return this.get(name) !== undefined;
   }
+
+  /** A small member's bytes (JSON documents). */
+  async read(name: string): Promise<Buffer> {
+    return readSource(this.get(name)!, MAX_JSON_BLOB, `${name} in ${this.file}`);
+  }
 }
 
-async function readTar(file: string): Promise<TarFiles> {
-  const out = new TarFiles();
-  // A docker-archive is sometimes gzipped as a whole (`docker save | gzip`).
+/**
+ * Indexes the archive's members. A docker-archive is sometimes gzipped as a
+ * whole (`docker save | gzip`): that one is inflated into a temporary file
+ * first (a gzip stream cannot be read from an offset), removed by `cleanup`.
+ */
+async function indexArchive(file: string): Promise<{ tar: TarFiles; cleanup: () => Promise<void> }> {
   const head = Buffer.alloc(4);
   {
     const fh = await open(file, "r");
@@ -424,37 +483,33 @@ async function readTar(file: string): Promise<TarFiles> {
       await fh.close();
     }
   }
-  const stages: (Readable | zlib.Gunzip)[] = [createReadStream(file)];
-  if (detectCompression(head) === "gzip") stages.push(zlib.createGunzip());
-
-  const extract = tarStream.extract();
-  const feeding = pipeline([...stages, extract as unknown as NodeJS.WritableStream]);
-  feeding.catch(() => undefined); // observed below; avoid an unhandled rejection meanwhile
+  let tarFile = file;
+  let cleanup = async () => undefined as void;
+  if (detectCompression(head) === "gzip") {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "nix2container-archive-"));
+    cleanup = () => rm(dir, { recursive: true, force: true });
+    tarFile = path.join(dir, "archive.tar");
+    try {
+      await pipeline(createReadStream(file), zlib.createGunzip(), createWriteStream(tarFile));
+    } catch (err) {
+      await cleanup();
+      throw new Error(`reading image archive ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const tar = new TarFiles(file);
   try {
-    for await (const entry of extract) {
-      const h = entry.header;
-      const name = TarFiles.normalise(h.name);
-      const chunks: Buffer[] = [];
-      for await (const c of entry) chunks.push(c as Buffer);
-      if (h.type === "file" || h.type === "contiguous-file") {
-        out.files.set(name, Buffer.concat(chunks));
-      } else if (h.type === "symlink" && h.linkname) {
-        // Symlink targets are relative to the link's directory; hardlinks name an archive path.
-        out.links.set(name, TarFiles.normalise(path.posix.join(path.posix.dirname(name), h.linkname)));
-      } else if (h.type === "link" && h.linkname) {
-        out.links.set(name, TarFiles.normalise(h.linkname));
-      }
+    for (const [raw, m] of await indexTar(tarFile)) {
+      const name = TarFiles.normalise(raw);
+      if (m.type === "file") tar.files.set(name, fileRange(tarFile, m.offset, m.size));
+      // Symlink targets are relative to the link's directory; hardlinks name an archive path.
+      else if (m.type === "symlink" && m.linkname) tar.links.set(name, TarFiles.normalise(path.posix.join(path.posix.dirname(name), m.linkname)));
+      else if (m.type === "link" && m.linkname) tar.links.set(name, TarFiles.normalise(m.linkname));
     }
   } catch (err) {
-    for (const s of stages) s.destroy();
+    await cleanup();
     throw new Error(`reading image archive ${file}: ${(err as Error).message}`, { cause: err });
   }
-  try {
-    await feeding;
-  } catch (err) {
-    throw new Error(`reading image archive ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  return out;
+  return { tar, cleanup };
 }
 
 function parseJson<T>(buf: Buffer, what: string): T {
@@ -465,14 +520,40 @@ function parseJson<T>(buf: Buffer, what: string): T {
   }
 }
 
-/** Reads an OCI-layout or docker-archive tar, verifying every blob it uses. */
+/**
+ * Opens an OCI-layout or docker-archive tar, verifying every blob the chosen
+ * image uses (a streaming sha256 of each layer; with opts.diffIds, or for a
+ * docker-archive, also of its decompressed bytes against the diff_id).
+ */
+export async function openImageArchive(file: string, opts: ReadOptions = {}): Promise<ImageArchive> {
+  const { tar, cleanup } = await indexArchive(file);
+  try {
+    if (tar.has("oci-layout") && tar.has("index.json")) return await openOciLayout(tar, file, opts, cleanup);
+    if (tar.has("manifest.json")) return await openDockerArchive(tar, file, opts, cleanup);
+    throw new Error(
+      `${file} is not an image archive: it has neither an OCI layout (oci-layout, index.json) nor a docker-archive manifest.json`,
+    );
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
+
+/** Reads an archive whole into memory, verifying every blob it holds. For small archives. */
 export async function readImageArchive(file: string, opts: ReadOptions = {}): Promise<ReadImage> {
-  const tar = await readTar(file);
-  if (tar.has("oci-layout") && tar.has("index.json")) return readOciLayout(tar, file, opts);
-  if (tar.has("manifest.json")) return readDockerArchive(tar, file, opts);
-  throw new Error(
-    `${file} is not an image archive: it has neither an OCI layout (oci-layout, index.json) nor a docker-archive manifest.json`,
-  );
+  const a = await openImageArchive(file, opts);
+  try {
+    const blobs = new Map<string, Buffer>();
+    for (const d of a.digests()) {
+      const buf = await readSource(a.blob(d)!, buffer.constants.MAX_LENGTH, `blob ${d} in ${file}`);
+      verifyBlob(d, buf, `${d} in ${file}`);
+      blobs.set(d, buf);
+    }
+    const { index, manifest, manifestDigest, config, ref, format } = a;
+    return { index, manifest, manifestDigest, config, blobs, format, ...(ref !== undefined ? { ref } : {}) };
+  } finally {
+    await a.close();
+  }
 }
 
 const BLOB_PATH_RE = /^blobs\/(sha256)\/([0-9a-f]{64})$/;
@@ -483,46 +564,64 @@ function verifyBlob(digest: string, buf: Buffer, where: string): void {
   if (actual !== digest) throw new Error(`blob ${where} has digest ${actual}, expected ${digest}`);
 }
 
-function readOciLayout(tar: TarFiles, file: string, opts: ReadOptions): ReadImage {
-  const layout = parseJson<ImageLayout>(tar.get("oci-layout")!, `${file}: oci-layout`);
+/** Layer checks shared by both formats: the diff_id of its decompressed bytes. */
+function checkDiffId(file: string, what: string, got: string | undefined, want: string | undefined): void {
+  if (got !== undefined && got !== want) throw new Error(`${file}: ${what} has diff_id ${got}, config says ${want}`);
+}
+
+async function openOciLayout(tar: TarFiles, file: string, opts: ReadOptions, cleanup: () => Promise<void>): Promise<ImageArchive> {
+  const layout = parseJson<ImageLayout>(await tar.read("oci-layout"), `${file}: oci-layout`);
   if (layout.imageLayoutVersion !== OCI_LAYOUT_VERSION) {
     throw new Error(`${file}: unsupported OCI layout version ${JSON.stringify(layout.imageLayoutVersion)}`);
   }
-  // Verify every blob by its name. Unsupported algorithms are left out and
-  // reported only if the image actually refers to them.
-  const blobs = new Map<string, Buffer>();
+  // Blobs by the digest their name claims; unsupported algorithms are left
+  // out and reported only if the image actually refers to them.
+  const blobs = new Map<string, BlobSource>();
   for (const name of [...tar.files.keys(), ...tar.links.keys()]) {
     const m = BLOB_PATH_RE.exec(name);
-    if (!m) continue;
-    const digest = `${m[1]}:${m[2]}`;
-    const buf = tar.get(name)!;
-    verifyBlob(digest, buf, `${name} in ${file}`);
-    blobs.set(digest, buf);
+    const src = m ? tar.get(name) : undefined;
+    if (m && src) blobs.set(`${m[1]}:${m[2]}`, src);
   }
-  const blob = (desc: Descriptor, what: string): Buffer => {
+  const blob = (desc: Descriptor, what: string): BlobSource => {
     const b = blobs.get(desc.digest);
     if (!b) throw new Error(`${file}: ${what} blob ${desc.digest} is missing`);
-    if (desc.size !== b.length) throw new Error(`${file}: ${what} blob ${desc.digest} has size ${b.length}, descriptor says ${desc.size}`);
+    if (desc.size !== b.size) throw new Error(`${file}: ${what} blob ${desc.digest} has size ${b.size}, descriptor says ${desc.size}`);
     return b;
   };
+  const json = async <T>(desc: Descriptor, what: string): Promise<T> => {
+    const where = `blobs/sha256/${digestHex(desc.digest)} in ${file}`;
+    const buf = await readSource(blob(desc, what), MAX_JSON_BLOB, `${what} ${where}`);
+    verifyBlob(desc.digest, buf, where);
+    return parseJson<T>(buf, `${file}: ${what} ${desc.digest}`);
+  };
 
-  const index = parseJson<Index>(tar.get("index.json")!, `${file}: index.json`);
+  const index = parseJson<Index>(await tar.read("index.json"), `${file}: index.json`);
   if (!Array.isArray(index.manifests)) throw new Error(`${file}: index.json has no manifests`);
-  const top = selectManifest(index.manifests, opts, (d) => parseJson<Index>(blob(d, "index"), `${file}: index ${d.digest}`));
+  const top = await selectManifest(index.manifests, opts, (d) => json<Index>(d, "index"));
   if (!top) throw new Error(`${file}: no image manifest${opts.ref ? ` named ${JSON.stringify(opts.ref)}` : ""} in index.json`);
 
-  const manifest = parseJson<Manifest>(blob(top.manifest, "manifest"), `${file}: manifest ${top.manifest.digest}`);
-  const config = parseJson<ImageConfig>(blob(manifest.config, "config"), `${file}: config ${manifest.config.digest}`);
-  for (const [i, l] of manifest.layers.entries()) blob(l, `layer ${i}`);
+  const manifest = await json<Manifest>(top.manifest, "manifest");
+  const config = await json<ImageConfig>(manifest.config, "config");
+  const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const [i, l] of manifest.layers.entries()) {
+    const where = `blobs/sha256/${digestHex(l.digest)} in ${file}`;
+    // Foreign (non-distributable) layers are fetched elsewhere, not unpacked from here.
+    const foreign = /foreign|nondistributable/.test(l.mediaType);
+    const d = await digestStream(blob(l, `layer ${i}`).open(), { uncompressed: opts.diffIds === true && !foreign });
+    if (d.digest !== l.digest) throw new Error(`blob ${where} has digest ${d.digest}, expected ${l.digest}`);
+    checkDiffId(file, `layer ${i} (${l.digest})`, d.diffId, diffIds[i]);
+  }
   const ref = top.named.annotations?.[ANNOTATION_CONTAINERD_IMAGE_NAME] ?? top.named.annotations?.[ANNOTATION_REF_NAME];
   return {
     index,
     manifest,
     manifestDigest: top.manifest.digest,
     config,
-    blobs,
     ...(ref !== undefined ? { ref } : {}),
     format: "oci-layout",
+    blob: (d) => blobs.get(d),
+    digests: () => [...blobs.keys()],
+    close: cleanup,
   };
 }
 
@@ -542,17 +641,17 @@ function platformMatches(p: Platform | undefined, want: Platform): boolean {
  * wanted platform there, else the first manifest. Returns the manifest's
  * descriptor and the top-level descriptor that carried the name.
  */
-function selectManifest(
+async function selectManifest(
   manifests: Descriptor[],
   opts: ReadOptions,
-  loadIndex: (d: Descriptor) => Index,
-): { manifest: Descriptor; named: Descriptor } | undefined {
+  loadIndex: (d: Descriptor) => Promise<Index>,
+): Promise<{ manifest: Descriptor; named: Descriptor } | undefined> {
   const want = opts.platform ?? { os: "linux", architecture: goArch() };
   const candidates = opts.ref === undefined ? manifests : manifests.filter((d) => nameMatches(d, opts.ref!));
   for (const named of candidates) {
     if (isManifestMediaType(named.mediaType)) return { manifest: named, named };
     if (isIndexMediaType(named.mediaType)) {
-      const nested = loadIndex(named).manifests.filter((d) => isManifestMediaType(d.mediaType));
+      const nested = (await loadIndex(named)).manifests.filter((d) => isManifestMediaType(d.mediaType));
       const pick = nested.find((d) => platformMatches(d.platform, want)) ?? nested[0];
       if (pick) return { manifest: pick, named };
     }
@@ -568,28 +667,31 @@ const HEX_JSON_RE = /^([0-9a-f]{64})\.json$/;
  * Docker 25). An OCI manifest is synthesized with the layer blobs as they
  * are, typed by their magic bytes.
  */
-async function readDockerArchive(tar: TarFiles, file: string, opts: ReadOptions): Promise<ReadImage> {
-  const entries = parseJson<DockerArchiveManifest[]>(tar.get("manifest.json")!, `${file}: manifest.json`);
+async function openDockerArchive(tar: TarFiles, file: string, opts: ReadOptions, cleanup: () => Promise<void>): Promise<ImageArchive> {
+  const entries = parseJson<DockerArchiveManifest[]>(await tar.read("manifest.json"), `${file}: manifest.json`);
   if (!Array.isArray(entries) || entries.length === 0) throw new Error(`${file}: manifest.json lists no images`);
   const entry = opts.ref === undefined ? entries[0] : entries.find((e) => (e.RepoTags ?? []).includes(opts.ref!));
   if (!entry) throw new Error(`${file}: no image tagged ${JSON.stringify(opts.ref)} in manifest.json`);
 
-  const member = (p: string, what: string): Buffer => {
+  const member = (p: string, what: string): BlobSource => {
     const b = tar.get(p);
     if (!b) throw new Error(`${file}: ${what} ${JSON.stringify(p)} named in manifest.json is missing`);
-    // Where the file name is a content digest, hold the content to it.
+    return b;
+  };
+  /** Where the file name is a content digest, the content must match it. */
+  const nameDigest = (p: string): string | undefined => {
     const normal = TarFiles.normalise(p);
     const blobName = BLOB_PATH_RE.exec(normal);
     const jsonName = HEX_JSON_RE.exec(normal);
-    if (blobName) verifyBlob(`${blobName[1]}:${blobName[2]}`, b, `${normal} in ${file}`);
-    else if (jsonName) verifyBlob(`sha256:${jsonName[1]}`, b, `${normal} in ${file}`);
-    return b;
+    return blobName ? `${blobName[1]}:${blobName[2]}` : jsonName ? `sha256:${jsonName[1]}` : undefined;
   };
 
-  const blobs = new Map<string, Buffer>();
-  const configBytes = member(entry.Config, "config");
+  const blobs = new Map<string, BlobSource>();
+  const configBytes = await readSource(member(entry.Config, "config"), MAX_JSON_BLOB, `${file}: config ${entry.Config}`);
   const configDigest = sha256Digest(configBytes);
-  blobs.set(configDigest, configBytes);
+  const claimed = nameDigest(entry.Config);
+  if (claimed) verifyBlob(claimed, configBytes, `${TarFiles.normalise(entry.Config)} in ${file}`);
+  blobs.set(configDigest, bufferSource(configBytes));
   const config = parseJson<ImageConfig>(configBytes, `${file}: config ${entry.Config}`);
   const diffIds = config.rootfs?.diff_ids ?? [];
   if (diffIds.length !== entry.Layers.length) {
@@ -598,22 +700,22 @@ async function readDockerArchive(tar: TarFiles, file: string, opts: ReadOptions)
 
   const layers: Descriptor[] = [];
   for (const [i, p] of entry.Layers.entries()) {
-    const b = member(p, `layer ${i}`);
-    const digest = sha256Digest(b);
-    blobs.set(digest, b);
-    const compression = detectCompression(b);
+    const src = member(p, `layer ${i}`);
     // Layer file names of old archives are v1 ids, not digests, so the only
     // integrity check is the config's diff_id of the uncompressed tar (what
-    // `docker load` checks too). zstd cannot be inflated by Node 20: skipped.
-    if (compression !== "zstd") {
-      const diffId = compression === "gzip" ? sha256Digest(await gunzip(b)) : digest;
-      if (diffId !== diffIds[i]) throw new Error(`${file}: layer ${JSON.stringify(p)} has diff_id ${diffId}, config says ${diffIds[i]}`);
+    // `docker load` checks too), for gzip and zstd layers alike.
+    const d = await digestStream(src.open(), { uncompressed: true });
+    const claimedLayer = nameDigest(p);
+    if (claimedLayer && claimedLayer !== d.digest) {
+      throw new Error(`blob ${TarFiles.normalise(p)} in ${file} has digest ${d.digest}, expected ${claimedLayer}`);
     }
+    if (d.diffId !== diffIds[i]) throw new Error(`${file}: layer ${JSON.stringify(p)} has diff_id ${d.diffId}, config says ${diffIds[i]}`);
+    blobs.set(d.digest, src);
     layers.push({
       mediaType:
-        compression === "gzip" ? MEDIA_TYPE_OCI_LAYER_GZIP : compression === "zstd" ? MEDIA_TYPE_OCI_LAYER_ZSTD : MEDIA_TYPE_OCI_LAYER,
-      digest,
-      size: b.length,
+        d.compression === "gzip" ? MEDIA_TYPE_OCI_LAYER_GZIP : d.compression === "zstd" ? MEDIA_TYPE_OCI_LAYER_ZSTD : MEDIA_TYPE_OCI_LAYER,
+      digest: d.digest,
+      size: src.size,
     });
   }
 
@@ -625,7 +727,7 @@ async function readDockerArchive(tar: TarFiles, file: string, opts: ReadOptions)
   };
   const manifestBytes = jsonBytes(manifest);
   const manifestDigest = sha256Digest(manifestBytes);
-  blobs.set(manifestDigest, manifestBytes);
+  blobs.set(manifestDigest, bufferSource(manifestBytes));
 
   const ref = opts.ref ?? entry.RepoTags?.[0];
   const platform: Platform = {
@@ -634,5 +736,15 @@ async function readDockerArchive(tar: TarFiles, file: string, opts: ReadOptions)
     ...(config.variant ? { variant: config.variant } : {}),
   };
   const index = indexFor(manifestDigest, manifestBytes.length, platform, ref);
-  return { index, manifest, manifestDigest, config, blobs, ...(ref !== undefined ? { ref } : {}), format: "docker-archive" };
+  return {
+    index,
+    manifest,
+    manifestDigest,
+    config,
+    ...(ref !== undefined ? { ref } : {}),
+    format: "docker-archive",
+    blob: (d) => blobs.get(d),
+    digests: () => [...blobs.keys()],
+    close: cleanup,
+  };
 }

@@ -102,19 +102,23 @@ export async function buildNixImage(o: BuildOptions): Promise<WrittenImage> {
     }
   }
 
-  const annotations = nixLayerAnnotations(closure, await inStore(o.closureFile));
-  checkDaemonAccepts(annotations, o.closureFile);
-  const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
-  const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations };
-  return writeImageArchive(
-    {
-      layers: [...(base?.layers ?? []), nixLayer],
-      config: base ? mergeContainerConfig(base.config, config) : config,
-      // A base's history describes its layers; one more entry describes ours.
-      ...(base?.history ? { history: [...base.history, { created: DEFAULT_CREATED, created_by: "nix2container build", comment: "nix store paths" }] } : {}),
-      ...(base?.variant ? { variant: base.variant } : {}),
-      ref: o.ref ?? defaultNixRef(o.out),
-    },
-    o.out,
-  );
+  try {
+    const annotations = nixLayerAnnotations(closure, await inStore(o.closureFile));
+    checkDaemonAccepts(annotations, o.closureFile);
+    const entries = [...(await mountpointEntries(closure)), ...(await copyToRootEntries(copyToRoot))];
+    const nixLayer: LayerInput = { tar: await buildLayer(entries), annotations };
+    return await writeImageArchive(
+      {
+        layers: [...(base?.layers ?? []), nixLayer],
+        config: base ? mergeContainerConfig(base.config, config) : config,
+        // A base's history describes its layers; one more entry describes ours.
+        ...(base?.history ? { history: [...base.history, { created: DEFAULT_CREATED, created_by: "nix2container build", comment: "nix store paths" }] } : {}),
+        ...(base?.variant ? { variant: base.variant } : {}),
+        ref: o.ref ?? defaultNixRef(o.out),
+      },
+      o.out,
+    );
+  } finally {
+    await base?.close();
+  }
 }

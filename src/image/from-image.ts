@@ -7,7 +7,7 @@
  * image skips them on push and containerd shares their snapshots with the
  * base image on the node.
  */
-import { readImageArchive } from "./archive.js";
+import { type ImageArchive, openImageArchive } from "./archive.js";
 import type { PrebuiltLayerInput } from "./archive.js";
 import {
   type ContainerConfig,
@@ -21,7 +21,8 @@ import {
 } from "./oci.js";
 
 export interface BaseImage {
-  layers: PrebuiltLayerInput[];
+  /** Layers as streams over the base archive, with their digests. */
+  layers: (PrebuiltLayerInput & { digest: string })[];
   /** The base's execution parameters (empty when it has none). */
   config: ContainerConfig;
   /** The base's history, when it records one. */
@@ -29,6 +30,8 @@ export interface BaseImage {
   architecture: string;
   os: string;
   variant?: string;
+  /** Releases the base archive (the layers cannot be read after). */
+  close(): Promise<void>;
 }
 
 /** Docker's layer media types and their OCI names; the blob bytes are the same. */
@@ -41,18 +44,30 @@ const OCI_LAYER_TYPE: Record<string, string> = {
 };
 
 /**
- * Reads a base image archive (OCI layout or docker-archive, layers
- * compressed or not) for the host's platform. Throws one line naming the
- * file for anything the result could not be built on.
+ * Opens a base image archive (OCI layout or docker-archive, layers
+ * compressed or not) for the host's platform. Every layer is checked against
+ * its digest and its diff_id (gzip and zstd layers decompressed as a
+ * stream), since the new image's config repeats the base's diff_ids and
+ * containerd would refuse the image only at unpack. Throws one line naming
+ * the file for anything the result could not be built on.
  */
 export async function readBaseImage(file: string, architecture: string = goArch()): Promise<BaseImage> {
   let img;
   try {
-    img = await readImageArchive(file, { platform: { os: "linux", architecture } });
+    img = await openImageArchive(file, { platform: { os: "linux", architecture }, diffIds: true });
   } catch (err) {
     throw new Error(`base image ${file}: ${(err as Error).message}`, { cause: err });
   }
-  const { manifest, config, blobs } = img;
+  try {
+    return baseImageOf(img, file, architecture);
+  } catch (err) {
+    await img.close();
+    throw err;
+  }
+}
+
+function baseImageOf(img: ImageArchive, file: string, architecture: string): BaseImage {
+  const { manifest, config } = img;
   const fail = (why: string): never => {
     throw new Error(`base image ${file}: ${why}`);
   };
@@ -63,12 +78,12 @@ export async function readBaseImage(file: string, architecture: string = goArch(
   if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length) {
     fail(`its config lists ${diffIds?.length ?? 0} diff_ids for ${manifest.layers.length} layers`);
   }
-  const layers = manifest.layers.map((desc, i): PrebuiltLayerInput => {
+  const layers = manifest.layers.map((desc, i) => {
     const mediaType = OCI_LAYER_TYPE[desc.mediaType];
     if (!mediaType) fail(`layer ${i} has media type ${desc.mediaType}, which cannot be copied into an image (only tar, tar+gzip and tar+zstd layers)`);
-    const blob = blobs.get(desc.digest);
+    const blob = img.blob(desc.digest);
     if (!blob) fail(`layer ${i} blob ${desc.digest} is missing`);
-    return { blob: blob!, mediaType: mediaType!, diffId: diffIds![i]!, ...(desc.annotations ? { annotations: desc.annotations } : {}) };
+    return { blob: blob!, digest: desc.digest, mediaType: mediaType!, diffId: diffIds![i]!, ...(desc.annotations ? { annotations: desc.annotations } : {}) };
   });
   return {
     layers,
@@ -77,6 +92,7 @@ export async function readBaseImage(file: string, architecture: string = goArch(
     architecture: config.architecture,
     os: config.os,
     ...(config.variant ? { variant: config.variant } : {}),
+    close: () => img.close(),
   };
 }
 

@@ -9,10 +9,14 @@
  * deleted entry, and ".wh..wh..opq" inside a directory makes it opaque (hides
  * everything below it from lower layers).
  */
+import { createHash } from "node:crypto";
 import { promisify } from "node:util";
 import { lstat, readdir, readFile, readlink } from "node:fs/promises";
 import path from "node:path";
+import { PassThrough, type Readable, Transform, type TransformCallback } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
+import { Decompress as ZstdDecompress } from "fzstd";
 import tarStream from "tar-stream";
 import type { Header } from "tar-stream";
 
@@ -245,6 +249,10 @@ function headerFor(r: TarRecord): TarHeader {
 export interface TarItem {
   header: TarHeader;
   body?: Buffer;
+  /** A file's bytes as a stream (header.size long), instead of `body`. */
+  source?: { size: number; open(): Readable };
+  /** With `source`: the sha256 digest the bytes must have; the tar fails otherwise. */
+  digest?: string;
 }
 
 /**
@@ -277,9 +285,13 @@ export async function streamTar(items: Iterable<TarItem>, sink: (chunk: Buffer) 
     }
   })();
   const producer = (async () => {
-    for (const { header, body } of items) {
+    for (const { header, body, source, digest } of items) {
       // tar-stream would wait forever for the bytes of a body-less file.
       const isFile = header.type === undefined || header.type === "file" || header.type === "contiguous-file";
+      if (isFile && source) {
+        await streamEntry(pack, header, source, digest);
+        continue;
+      }
       if (isFile && !body) throw new Error(`tar item ${JSON.stringify(header.name)}: a file needs a body`);
       if (!isFile && body && body.length > 0) throw new Error(`tar item ${JSON.stringify(header.name)}: a ${header.type} has no body`);
       await new Promise<void>((resolve, reject) => {
@@ -296,6 +308,43 @@ export async function streamTar(items: Iterable<TarItem>, sink: (chunk: Buffer) 
   consumer.catch(fail);
   await Promise.allSettled([producer, consumer]);
   if (cause !== undefined) throw cause;
+}
+
+/** Copies a stream into a tar entry, checking its length and, if given, its digest. */
+async function streamEntry(pack: tarStream.Pack, header: TarHeader, source: { size: number; open(): Readable }, digest: string | undefined): Promise<void> {
+  let entry!: ReturnType<tarStream.Pack["entry"]>;
+  const finished = new Promise<void>((resolve, reject) => {
+    entry = pack.entry({ ...header, size: source.size }, (err) => (err ? reject(err) : resolve()));
+  });
+  finished.catch(() => undefined); // awaited below
+  entry.on("error", () => undefined);
+  const hash = createHash("sha256");
+  let n = 0;
+  for await (const c of source.open()) {
+    hash.update(c as Buffer);
+    n += (c as Buffer).length;
+    if (n > source.size) break;
+    if (!entry.write(c as Buffer)) {
+      await new Promise<void>((resolve, reject) => {
+        // Both listeners go once either fires: a large layer waits for drain thousands of times.
+        const onDrain = () => {
+          entry.off("error", onError);
+          resolve();
+        };
+        const onError = (err: Error) => {
+          entry.off("drain", onDrain);
+          reject(err);
+        };
+        entry.once("drain", onDrain);
+        entry.once("error", onError);
+      });
+    }
+  }
+  if (n !== source.size) throw new Error(`tar item ${JSON.stringify(header.name)}: its source gave ${n} bytes, expected ${source.size}`);
+  const got = `sha256:${hash.digest("hex")}`;
+  if (digest !== undefined && got !== digest) throw new Error(`tar item ${JSON.stringify(header.name)}: its bytes have digest ${got}, expected ${digest}`);
+  entry.end(undefined);
+  await finished;
 }
 
 /** Encodes tar items into one Buffer. */
@@ -349,6 +398,99 @@ export function detectCompression(buf: Uint8Array): Compression {
   if (buf.length >= 3 && buf[0] === 0x1f && buf[1] === 0x8b && buf[2] === 0x08) return "gzip";
   if (buf.length >= 4 && buf[0] === 0x28 && buf[1] === 0xb5 && buf[2] === 0x2f && buf[3] === 0xfd) return "zstd";
   return "none";
+}
+
+/**
+ * zstd as a stream transform. Node 20's zlib has no zstd; fzstd is a
+ * dependency-free decoder that keeps only the frame's window in memory.
+ */
+class ZstdTransform extends Transform {
+  private readonly d = new ZstdDecompress((chunk) => {
+    // Copy: the decoder may reuse its output buffer for the next block.
+    this.push(Buffer.from(chunk));
+  });
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      this.d.push(chunk);
+      cb();
+    } catch (err) {
+      cb(new Error(`zstd: ${(err as Error).message}`));
+    }
+  }
+
+  override _flush(cb: TransformCallback): void {
+    try {
+      this.d.push(new Uint8Array(0), true);
+      cb();
+    } catch (err) {
+      cb(new Error(`zstd: ${(err as Error).message}`));
+    }
+  }
+}
+
+/** A transform that undoes `compression`. */
+export function decompressor(compression: Compression): Transform {
+  if (compression === "gzip") return zlib.createGunzip();
+  if (compression === "zstd") return new ZstdTransform();
+  return new PassThrough();
+}
+
+/**
+ * The sha256 digest of a stream of bytes and, when it is compressed, of its
+ * decompressed bytes (a layer's diff_id), in one pass with bounded memory.
+ * Compression is detected from the first bytes, as containerd does.
+ */
+export async function digestStream(input: Readable, opts: { uncompressed?: boolean } = {}): Promise<{ digest: string; size: number; diffId?: string; compression?: Compression }> {
+  const outer = createHash("sha256");
+  let size = 0;
+  if (!opts.uncompressed) {
+    for await (const c of input) {
+      outer.update(c as Buffer);
+      size += (c as Buffer).length;
+    }
+    return { digest: `sha256:${outer.digest("hex")}`, size };
+  }
+  const inner = createHash("sha256");
+  const it = (input as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  // Enough leading bytes to tell the compression.
+  let first = Buffer.alloc(0);
+  let eof = false;
+  while (first.length < 4) {
+    const n = await it.next();
+    if (n.done) {
+      eof = true;
+      break;
+    }
+    first = Buffer.concat([first, n.value]);
+  }
+  const compression = detectCompression(first);
+  const decompress = decompressor(compression);
+  const done = pipeline(decompress, async function (src: AsyncIterable<Buffer>) {
+    for await (const c of src) inner.update(c);
+  });
+  done.catch(() => undefined); // awaited below
+  const feed = async (c: Buffer) => {
+    outer.update(c);
+    size += c.length;
+    if (decompress.write(c)) return;
+    await Promise.race([new Promise((r) => decompress.once("drain", r)), done]);
+  };
+  try {
+    await feed(first);
+    while (!eof) {
+      const n = await it.next();
+      if (n.done) break;
+      await feed(n.value);
+    }
+    decompress.end();
+    await done;
+  } catch (err) {
+    decompress.destroy();
+    await it.return?.();
+    throw err;
+  }
+  return { digest: `sha256:${outer.digest("hex")}`, size, diffId: `sha256:${inner.digest("hex")}`, compression };
 }
 
 // --- from the host filesystem ---------------------------------------------

@@ -29,8 +29,9 @@ import { ImagesClient } from "../containerd/images.js";
 import { LeasesClient } from "../containerd/leases.js";
 import { unpackLayers } from "../containerd/unpack.js";
 import { InvalidArgumentError, SnapshotterError, UnavailableError } from "../errors.js";
-import { readImageArchive } from "./archive.js";
+import { type ImageArchive, openImageArchive } from "./archive.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
+import { formatBytes, type TransferProgress } from "./progress.js";
 
 export const DEFAULT_SNAPSHOTTER = "nix";
 const LEASE_EXPIRY_MS = 60 * 60 * 1000;
@@ -45,6 +46,8 @@ export interface LoadOptions {
   name?: string;
   /** One line per step, for humans. */
   log?: (line: string) => void;
+  /** Blobs and bytes written into the content store; its finish() lines replace log lines for blobs. */
+  progress?: TransferProgress;
   /** Aborting stops between steps; the lease is deleted as on any failure. */
   signal?: AbortSignal;
 }
@@ -61,12 +64,26 @@ export interface LoadResult {
   image: "created" | "updated";
 }
 
+/**
+ * Loads the archive. Blobs are streamed from the file into the content
+ * store a chunk at a time (content.ts), so the memory a load takes does not
+ * grow with the image: the daemon runs this for CRI pulls of nix:0 images.
+ */
 export async function loadImage(o: LoadOptions): Promise<LoadResult> {
-  const log = o.log ?? (() => undefined);
-  const img = await readImageArchive(o.archive).catch((err: Error) => {
+  const img = await openImageArchive(o.archive).catch((err: Error) => {
     if (err instanceof SnapshotterError) throw err;
     throw new InvalidArgumentError(`${o.archive} is not a readable image archive: ${err.message}`);
   });
+  try {
+    return await loadOpened(o, img);
+  } finally {
+    o.progress?.done();
+    await img.close();
+  }
+}
+
+async function loadOpened(o: LoadOptions, img: ImageArchive): Promise<LoadResult> {
+  const log = o.progress ? (line: string) => o.progress!.note(line) : (o.log ?? (() => undefined));
   const name = o.name ?? img.ref;
   if (name === undefined) throw new InvalidArgumentError(`${o.archive} names no image; give it a name (--ref)`);
   const diffIds = img.config.rootfs?.diff_ids ?? [];
@@ -106,20 +123,24 @@ export async function loadImage(o: LoadOptions): Promise<LoadResult> {
     const m = img.manifest;
     let blobsWritten = 0;
     let blobsPresent = 0;
+    const blobCount = m.layers.length + 2;
+    o.progress?.plan(blobCount, [...m.layers.map((l) => l.size), m.config.size, img.blob(img.manifestDigest)!.size].reduce((a, b) => a + b, 0));
     const put = async (digest: string, what: string, labels: Record<string, string> = {}) => {
       o.signal?.throwIfAborted();
-      const data = img.blobs.get(digest)!;
+      const data = img.blob(digest)!;
+      o.progress?.begin(data.size);
       // A ref unique to this load: concurrent loads never contend for an ingest lock.
-      if (await content.write(`${ctx.lease}-${digest}`, digest, data, labels)) {
-        blobsWritten++;
-        log(`wrote ${what} ${digest} (${data.length} bytes)`);
-      } else {
-        // Already stored: make sure it carries our labels and our lease.
-        await content.setLabels(digest, labels);
-        await leases.addResource(ctx.lease!, "content", digest);
-        blobsPresent++;
-        log(`have ${what} ${digest}`);
-      }
+      const line = (await content.write(`${ctx.lease}-${digest}`, digest, data, labels, (n) => o.progress?.at(n)))
+        ? (blobsWritten++, `wrote ${what} ${digest} (${formatBytes(data.size)})`)
+        : await (async () => {
+            // Already stored: make sure it carries our labels and our lease.
+            await content.setLabels(digest, labels);
+            await leases.addResource(ctx.lease!, "content", digest);
+            blobsPresent++;
+            return `have ${what} ${digest}`;
+          })();
+      if (o.progress) o.progress.finish(data.size, line);
+      else log(line);
     };
     for (const [i, l] of m.layers.entries()) await put(l.digest, `layer ${i + 1}/${m.layers.length}`);
     await put(m.config.digest, "config");
@@ -143,7 +164,7 @@ export async function loadImage(o: LoadOptions): Promise<LoadResult> {
     if (top !== undefined) await content.setLabels(m.config.digest, { [`containerd.io/gc.ref.snapshot.${o.snapshotter}`]: top });
 
     o.signal?.throwIfAborted();
-    const target = { mediaType: m.mediaType ?? MEDIA_TYPE_OCI_MANIFEST, digest: img.manifestDigest, size: img.blobs.get(img.manifestDigest)!.length };
+    const target = { mediaType: m.mediaType ?? MEDIA_TYPE_OCI_MANIFEST, digest: img.manifestDigest, size: img.blob(img.manifestDigest)!.size };
     const image = await images.put(name!, target);
     log(`${image} image ${name}`);
     return {

@@ -3,6 +3,12 @@
  * path, so "pulling" is realising it with Nix (from the store, or a
  * substituter) and loading it into containerd under that reference, with
  * its layers unpacked by the nix snapshotter. No registry is involved.
+ *
+ * The daemon every container's mounts depend on runs this, so the load
+ * streams the archive's blobs from the file into containerd's content store
+ * (load.ts, content.ts): each pull costs a bounded amount of memory however
+ * large its layers (base layers of --from-image images included), and
+ * concurrent pulls of different images do not add up to their sizes.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";

@@ -46,7 +46,7 @@ import { killTasks, startContainerd, type Containerd } from "../lib/containerd.j
 import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
 import { buildFixtures, helloImage, NIX2CONTAINER_BIN, type Fixtures } from "../lib/images.js";
 import { layerStorePaths } from "../lib/nix.js";
-import { htpasswdFile, makeCert, type Registry, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
+import { type Front, type FrontOptions, htpasswdFile, makeCert, type Registry, startCapturingRealm, startFront, startRegistry, startTokenIssuer, type TokenIssuer } from "../lib/registry.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 import { entries, freePort, listAll, tail } from "../lib/util.js";
@@ -243,7 +243,8 @@ if (
     t.comment(`state in ${tmp.path}; registries ${basicReg.host} (TLS, basic), ${tokenReg.host} (HTTP, token), ${brokenReg.host} (HTTP, broken storage)`);
 
     const goodConfig = dockerConfig(path.join(tmp.path, "docker-good"), { [basicReg.host]: `${USER}:${PASSWORD}`, [tokenReg.host]: `${USER}:${PASSWORD}`, [brokenReg.host]: `${USER}:${PASSWORD}` });
-    const pushEnv = { DOCKER_CONFIG: goodConfig, NODE_EXTRA_CA_CERTS: tls.cert };
+    // The blob-location cache (cross-repository mounts) lives in the test's own directory.
+    const pushEnv = { DOCKER_CONFIG: goodConfig, NODE_EXTRA_CA_CERTS: tls.cert, XDG_CACHE_HOME: path.join(tmp.path, "cache") };
 
     // --- build ---------------------------------------------------------------------
     const hello = await helloImage(imagesDir, f);
@@ -275,7 +276,7 @@ if (
     await t.test("push over TLS with basic auth: the registry holds our exact manifest", async (t) => {
       const r = await n2c(["push", hello.archive, "--ref", basicRef], pushEnv);
       t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
-      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 2 of 2 blobs .*, 0 already present$`, "m"), "summary: both blobs uploaded");
+      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 2 of 2 blobs .*, 0 mounted, 0 already present$`, "m"), "summary: both blobs uploaded");
       t.match(r.stdout, /^uploaded config sha256:[0-9a-f]{64} /m, "a plain log line per blob when stdout is not a terminal");
       t.notMatch(r.stdout, /\x1b\[/, "no terminal control sequences in plain output");
       t.equal(uploads(basicReg, "hello"), 2, "the registry's log shows 2 upload sessions");
@@ -296,28 +297,51 @@ if (
       const headsBefore = basicReg.count("HEAD", /^\/v2\/hello\/blobs\/sha256:/, 200);
       const r = await n2c(["push", hello.archive, "--ref", basicRef], pushEnv);
       t.equal(r.code, 0, "push exits 0");
-      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 0 of 2 blobs \\(0 B\\), 2 already present$`, "m"), "summary: 0 uploaded, 2 present");
+      t.match(r.stdout, new RegExp(`^pushed ${basicRef} ${built.manifestDigest}: uploaded 0 of 2 blobs \\(0 B\\), 0 mounted, 2 already present$`, "m"), "summary: 0 uploaded, 2 present");
       t.equal((r.stdout.match(/^exists +(config|layer 1\/1) sha256:/gm) ?? []).length, 2, "one 'exists' line per blob");
       t.equal(uploads(basicReg, "hello"), 2, "the registry saw no new upload session");
       t.equal(basicReg.count("HEAD", /^\/v2\/hello\/blobs\/sha256:/, 200) - headsBefore, 2, "only two HEADs, both answered 200");
+    });
+
+    await t.test("pushing the same image to another repository mounts every blob: zero uploads", async (t) => {
+      const mountsBefore = basicReg.count("POST", /^\/v2\/nix\/hello\/blobs\/uploads\/\?.*mount=/, 201);
       const other = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/nix/hello:v2`], pushEnv);
-      t.equal(other.code, 0, "push to another repository exits 0");
-      t.match(other.stdout, /uploaded 2 of 2 blobs/, "another repository gets its own blobs (no cross-repository mount)");
+      t.equal(other.code, 0, `push to another repository exits 0 (${other.stderr.trim()})`);
+      t.match(other.stdout, /uploaded 0 of 2 blobs \(0 B\), 2 mounted, 0 already present/, "summary: both blobs mounted");
+      t.equal((other.stdout.match(/^mounted +(config|layer 1\/1) sha256:/gm) ?? []).length, 2, "one 'mounted' line per blob");
+      t.equal(basicReg.count("POST", /^\/v2\/nix\/hello\/blobs\/uploads\/\?.*mount=/, 201) - mountsBefore, 2, "the registry's log: two mounts answered 201 Created");
+      t.equal(uploads(basicReg, "nix/hello"), 0, "and zero upload sessions for nix/hello");
+      t.equal(basicReg.count("PUT", /^\/v2\/nix\/hello\/blobs\/uploads\//), 0, "no blob bytes were PUT there");
+      t.equal(basicReg.count("PATCH", /^\/v2\/nix\/hello\/blobs\/uploads\//), 0, "nor PATCHed");
+      const raw = await skopeo(["inspect", ...creds, "--raw", `docker://${basicReg.host}/nix/hello:v2`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the same manifest from the second repository");
+      const dir = path.join(tmp.path, "skopeo-copy");
+      await skopeo(["copy", "--src-tls-verify=false", "--src-creds", `${USER}:${PASSWORD}`, `docker://${basicReg.host}/nix/hello:v2`, `oci:${dir}:x`]);
+      t.equal(readFileSync(path.join(dir, "blobs/sha256", built.manifest.layers[0]!.digest.slice(7))).length, built.manifest.layers[0]!.size, "and copies the mounted layer's bytes back out");
+
+      const fresh = { ...pushEnv, XDG_CACHE_HOME: path.join(tmp.path, "cache-fresh") };
+      const explicit = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/nix/third:v1`, "--mount-from", "hello"], fresh);
+      t.match(explicit.stdout, /uploaded 0 of 2 blobs \(0 B\), 2 mounted/, "--mount-from mounts without a remembered location");
+      t.equal(uploads(basicReg, "nix/third"), 0, "zero upload sessions there too");
     });
 
     await t.test("on a terminal, push shows progress in place", async (t) => {
       // script(1) runs the push on a pseudo-terminal, so stdout is a TTY.
       const cmd = [process.execPath, NIX2CONTAINER_BIN, "push", hello.archive, "--ref", `${basicReg.host}/tty/hello:latest`].map((a) => `'${a}'`).join(" ");
-      const { stdout } = await run("script", ["-qec", cmd, "/dev/null"], { env: { ...process.env, ...pushEnv }, timeout: 60_000 });
-      t.match(stdout, /\r\x1b\[Kuploading /, "an 'uploading' line drawn in place");
-      t.match(stdout, /\r\x1b\[Kuploaded +(config|layer 1\/1) sha256:/, "replaced by the blob's final line");
+      // A cache of its own: nothing remembered, so the blobs are uploaded, not mounted.
+      const env = { ...process.env, ...pushEnv, XDG_CACHE_HOME: path.join(tmp.path, "cache-tty") };
+      const { stdout } = await run("script", ["-qec", cmd, "/dev/null"], { env, timeout: 60_000 });
+      t.match(stdout, /\r\x1b\[Kpushing 0\/2 blobs, 0 B \/ \d/, "one line drawn in place: blobs and bytes of the total");
+      t.match(stdout, /\r\x1b\[Kpushing 1\/2 blobs, /, "redrawn as blobs finish");
+      t.match(stdout, /\r\x1b\[Kuploaded +(config|layer 1\/1) sha256:/, "finished blobs get a line of their own above it");
       t.match(stdout, /pushed \S+ sha256:[0-9a-f]{64}: uploaded 2 of 2 blobs/, "and the summary");
     });
 
     await t.test("containerd pulls it through the Transfer service; the nix layer reaches our daemon with its labels", async (t) => {
       const rootsBefore = entries(path.join(snRoot, "gcroots"));
       const out = await ctr(NS.pull, ["images", "pull", "--local=false", "--platform", `linux/${goArch()}`, "--user", `${USER}:${PASSWORD}`, "--snapshotter", "nix", basicRef], 300_000);
-      t.match(out, /Completed pull/, "ctr images pull completed");
+      // ctr prints "Completed pull" last, but may exit before that line under load; "saved" is the image stored.
+      t.match(out, /Completed pull|\tsaved\t/, "ctr images pull completed");
       const images = await ctr(NS.pull, ["images", "ls"]);
       t.match(images, new RegExp(`^${basicRef.replace(/[.]/g, "\\.")}\\s+\\S+\\s+${built.manifestDigest}`, "m"), "containerd's image record points at our manifest digest");
       const snaps = await snapshotsOf(NS.pull);
@@ -348,6 +372,134 @@ if (
       t.match(again.stdout, /uploaded 0 of 2 blobs/, "a second push uploads nothing");
       const noTls = await n2c(["push", hello.archive, "--ref", ref], pushEnv);
       failsWith(t, noTls, 4, /cannot reach registry 127\.0\.0\.1:\d+: it does not speak TLS \(for plain HTTP, pass --plain-http\)/, "https to a plain HTTP registry");
+    });
+
+    // --- credential safety and registry parity ------------------------------------------
+    await t.test("a token realm on another host over plain http never sees the registry's password", async (t) => {
+      const basic = Buffer.from(`${USER}:${PASSWORD}`).toString("base64");
+      // Another loopback address, and another host name for the same loopback address.
+      for (const [address, realmHost] of [["127.0.0.2", "127.0.0.2"], ["127.0.0.1", "localhost"]] as const) {
+        const capture = await startCapturingRealm(address);
+        const realm = capture.realm.replace(`//${address}:`, `//${realmHost}:`);
+        const hostile = await startRegistry({ dir: path.join(tmp.path, `reg-hostile-${realmHost}`), auth: { token: { ...tokenAuth, realm } } });
+        registries.push(hostile);
+        try {
+          const env = { ...pushEnv, DOCKER_CONFIG: dockerConfig(path.join(tmp.path, `docker-hostile-${realmHost}`), { [hostile.host]: `${USER}:${PASSWORD}` }) };
+          const r = await n2c(["push", hello.archive, "--ref", `${hostile.host}/hello:latest`, "--plain-http"], env);
+          failsWith(t, r, 3, new RegExp(`the credentials were not sent to the token service http://${realmHost}:\\d+, which is neither https nor the registry itself`), `realm on ${realmHost}`);
+          t.ok(capture.authorizations.length >= 1, `the realm on ${realmHost} was asked (${capture.authorizations.length} time(s))`);
+          t.same(capture.authorizations, capture.authorizations.map(() => undefined), `with no Authorization header at all`);
+          const seen = capture.authorizations.join(" ");
+          t.notOk(seen.includes(basic) || seen.includes(PASSWORD), "the password never reached it");
+          t.equal(hostile.count("POST", /\/blobs\/uploads\//), 0, "and nothing was uploaded");
+        } finally {
+          await capture.stop();
+        }
+      }
+      // The https realm of the token registry did get them (the flow above): ask once more and look.
+      const asked = issuer!.requests.length;
+      const r = await n2c(["push", hello.archive, "--ref", `${tokenReg.host}/hello:realm`, "--plain-http"], pushEnv);
+      t.equal(r.code, 0, "the https realm on another origin is sent the credentials, as docker does");
+      t.ok(issuer!.requests.slice(asked).some((q) => q.authorized), "and accepted them");
+    });
+
+    await t.test("credentials from a credential helper (credsStore, credHelpers)", async (t) => {
+      const bin = path.join(tmp.path, "helper-bin");
+      mkdirSync(bin, { recursive: true });
+      const asked = path.join(tmp.path, "helper-asked");
+      writeFileSync(
+        path.join(bin, "docker-credential-n2ctest"),
+        `#!/bin/sh\n[ "$1" = get ] || exit 3\nread -r server\necho "$server" >> ${asked}\necho '{"ServerURL":"'"$server"'","Username":"${USER}","Secret":"${PASSWORD}"}'\n`,
+        { mode: 0o755 },
+      );
+      const dir = path.join(tmp.path, "docker-helper");
+      mkdirSync(dir, { recursive: true });
+      const env = { ...pushEnv, DOCKER_CONFIG: dir, PATH: `${bin}:${process.env["PATH"] ?? ""}` };
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ auths: { [basicReg.host]: {} }, credsStore: "n2ctest" }));
+      const r = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:store`], env);
+      t.equal(r.code, 0, `push with credsStore exits 0 (${r.stderr.trim()})`);
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ credsStore: "absent", credHelpers: { [basicReg.host]: "n2ctest" } }));
+      const r2 = await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:helpers`], env);
+      t.equal(r2.code, 0, `push with credHelpers (over a credsStore that does not exist) exits 0 (${r2.stderr.trim()})`);
+      t.same(readFileSync(asked, "utf8").trim().split("\n"), [basicReg.host, basicReg.host], "the helper was asked for the registry, once per push");
+      const raw = await skopeo(["inspect", ...creds, "--raw", `docker://${basicReg.host}/helper/hello:helpers`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the manifest back");
+      writeFileSync(path.join(dir, "config.json"), JSON.stringify({ credsStore: "absent" }));
+      failsWith(t, await n2c(["push", hello.archive, "--ref", `${basicReg.host}/helper/hello:x`], env), 2, /credential helper docker-credential-absent \(from the docker config\) is not on PATH/, "a helper that is not installed");
+    });
+
+    // Fronts for the plain-HTTP registry: a CDN-like blob host that honours
+    // its own URLs (it adds the registry credentials itself, as a signed URL
+    // would be honoured), and the fronts the client talks to.
+    const plainReg = await startRegistry({ dir: path.join(tmp.path, "reg-plain"), auth: { htpasswd } });
+    registries.push(plainReg);
+    const basicHeader = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString("base64")}`;
+    const fronts: Front[] = [];
+    t.teardown(async () => {
+      for (const f of fronts) await f.stop();
+    });
+    const front = async (o: Omit<FrontOptions, "target">) => {
+      const f = await startFront({ target: plainReg.host, ...o });
+      fronts.push(f);
+      return f;
+    };
+    const blobHost = await front({ authorization: basicHeader, address: "127.0.0.2" });
+    const frontEnv = (f: Front) => ({ ...pushEnv, DOCKER_CONFIG: dockerConfig(path.join(tmp.path, `docker-front-${f.host.replace(/[.:]/g, "-")}`), { [f.host]: `${USER}:${PASSWORD}` }) });
+    const plainCreds = ["--tls-verify=false", "--creds", `${USER}:${PASSWORD}`];
+
+    await t.test("a registry that redirects blob HEAD, GET and PUT elsewhere: followed, without credentials", async (t) => {
+      const redirecting = await front({ redirectBlobsTo: blobHost.url });
+      const ref = `${redirecting.host}/redir/hello:latest`;
+      const r = await n2c(["push", hello.archive, "--ref", ref, "--plain-http"], frontEnv(redirecting));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      t.match(r.stdout, /uploaded 2 of 2 blobs/, "both blobs uploaded through the redirects");
+      const viaBlobHost = blobHost.requests.filter((q) => q.url.startsWith("/v2/redir/"));
+      t.ok(viaBlobHost.some((q) => q.method === "HEAD") && viaBlobHost.some((q) => q.method === "PUT"), "the blob host got the HEADs and the upload PUTs");
+      t.equal(viaBlobHost.filter((q) => q.authorization !== undefined).length, 0, "and not one Authorization header");
+      t.ok(redirecting.requests.some((q) => q.authorization === basicHeader), "while the registry's own origin got the credentials");
+      t.equal(plainReg.count("PUT", /^\/v2\/redir\/hello\/blobs\/uploads\/.*digest=sha256/, 201), 2, "the registry stored both blobs");
+      const raw = await skopeo(["inspect", ...plainCreds, "--raw", `docker://${plainReg.host}/redir/hello:latest`]);
+      t.equal(sha256Digest(Buffer.from(raw)), built.manifestDigest, "skopeo reads the manifest back from the registry itself");
+      const again = await n2c(["push", hello.archive, "--ref", ref, "--plain-http"], frontEnv(redirecting));
+      t.match(again.stdout, /uploaded 0 of 2 blobs \(0 B\), 0 mounted, 2 already present/, "a redirected HEAD answered 200 means present");
+    });
+
+    await t.test("an upload location on another host gets no credentials", async (t) => {
+      const elsewhere = await front({ uploadsAt: blobHost.url });
+      const before = blobHost.requests.length;
+      const r = await n2c(["push", hello.archive, "--ref", `${elsewhere.host}/elsewhere/hello:latest`, "--plain-http"], frontEnv(elsewhere));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      const uploads = blobHost.requests.slice(before).filter((q) => q.method === "PUT");
+      t.equal(uploads.length, 2, "both blobs were PUT to the upload host");
+      t.equal(uploads.filter((q) => q.authorization !== undefined).length, 0, "without an Authorization header");
+      t.equal(elsewhere.requests.filter((q) => q.method === "PUT" && /\/blobs\/uploads\//.test(q.url)).length, 0, "none went to the registry's origin");
+    });
+
+    await t.test("chunked uploads: PATCH chunks, and a dropped connection resumes from the registry's Range", async (t) => {
+      // A 3.5 MiB layer of random bytes, pushed in 1 MiB chunks.
+      const layerTar = await buildLayer([{ type: "file", path: "random.bin", content: randomBytes(3.5 * 1024 * 1024) }]);
+      const bigArchive = path.join(imagesDir, "big.tar");
+      const w = await writeImageArchive({ layers: [{ tar: layerTar, compress: false }], config: { Cmd: ["/x"] }, ref: "example.com/big:1" }, bigArchive);
+      const chunks = Math.ceil(layerTar.length / (1024 * 1024));
+
+      const direct = await front({});
+      const r = await n2c(["push", bigArchive, "--ref", `${direct.host}/chunked/plain:1`, "--plain-http", "--chunk-size", "1"], frontEnv(direct));
+      t.equal(r.code, 0, `push exits 0 (${r.stderr.trim()})`);
+      t.equal(plainReg.count("PATCH", /^\/v2\/chunked\/plain\/blobs\/uploads\//, 202), chunks, `the registry took ${chunks} PATCH chunks for the layer`);
+      t.equal(plainReg.count("PUT", /^\/v2\/chunked\/plain\/blobs\/uploads\/.*digest=/, 201), 2, "and two closing PUTs (the config goes in one)");
+
+      // The second chunk's connection drops: the registry holds the first, and says so.
+      const dropping = await front({ dropPatchAt: 1024 * 1024 });
+      const d = await n2c(["push", bigArchive, "--ref", `${dropping.host}/chunked/drop:1`, "--plain-http", "--chunk-size", "1"], frontEnv(dropping));
+      t.equal(d.code, 0, `push through a dropped connection exits 0 (${d.stderr.trim()})`);
+      t.equal(dropping.dropped, 1, "the front dropped one PATCH mid-body");
+      t.match(d.stdout, /1 chunk sent again after a dropped connection/, "the summary says one chunk was sent again");
+      t.equal(plainReg.count("GET", /^\/v2\/chunked\/drop\/blobs\/uploads\//, 204), 1, "the upload's status was asked once");
+      t.equal(plainReg.count("PATCH", /^\/v2\/chunked\/drop\/blobs\/uploads\//, 202), chunks, "the registry saw each chunk exactly once: nothing before the drop was sent again");
+      t.equal(plainReg.count("POST", /^\/v2\/chunked\/drop\/blobs\/uploads\/$/, 202), 2, "one upload session per blob: the session was resumed, not restarted");
+      const out = path.join(tmp.path, "skopeo-big");
+      await skopeo(["copy", "--preserve-digests", "--dest-oci-accept-uncompressed-layers", "--src-tls-verify=false", "--src-creds", `${USER}:${PASSWORD}`, `docker://${plainReg.host}/chunked/drop:1`, `oci:${out}:x`]);
+      t.ok(readFileSync(path.join(out, "blobs/sha256", w.layerDigests[0]!.slice(7))).equals(layerTar), "skopeo copies the layer back out byte for byte");
     });
 
     // --- push failures ------------------------------------------------------------------
@@ -489,6 +641,18 @@ if (
       t.equal((await snapshotsOf(NS.load)).length, 1, "sharing the one snapshot");
     });
 
+    await t.test("on a terminal, load shows progress in place", async (t) => {
+      const cmd = [process.execPath, NIX2CONTAINER_BIN, "load", hello.archive, "--ref", `example.com/tty/hello:${suffix}`].map((a) => `'${a}'`).join(" ");
+      const { stdout } = await run("script", ["-qec", cmd, "/dev/null"], { env: { ...process.env, ...loadEnv }, timeout: 120_000 });
+      t.match(stdout, /\r\x1b\[Kloading 0\/3 blobs, 0 B \/ \d/, "one line drawn in place: blobs and bytes of the total");
+      t.match(stdout, /\r\x1b\[K(wrote|have) layer 1\/1 sha256:/, "finished blobs get a line of their own above it");
+      t.match(stdout, /loaded example\.com\/tty\/hello/, "and the summary");
+      const plain = await n2c(["load", hello.archive, "--ref", `example.com/tty/hello:${suffix}`], loadEnv);
+      t.notMatch(plain.stdout, /\x1b\[/, "not on a terminal: no control sequences");
+      t.match(plain.stdout, /^have layer 1\/1 sha256:/m, "but the same log lines");
+      await ctr(NS.load, ["images", "rm", `example.com/tty/hello:${suffix}`]);
+    });
+
     await t.test("two loads at once into a fresh namespace both succeed with one snapshot", async (t) => {
       const env = { CONTAINERD_ADDRESS: c.address, CONTAINERD_NAMESPACE: NS.race };
       const [a, b] = await Promise.all([n2c(["load", hello.archive], env), n2c(["load", hello.archive], env)]);
@@ -627,7 +791,8 @@ if (
       t.equal(pushedBase.code, 0, `pushing the base exits 0 (${pushedBase.stderr.trim()})`);
       const pushedDerived = await n2c(["push", fromOci, "--ref", derivedRef], pushEnv);
       t.equal(pushedDerived.code, 0, `pushing the derived image exits 0 (${pushedDerived.stderr.trim()})`);
-      t.match(pushedDerived.stdout, /uploaded 2 of 4 blobs .*, 2 already present$/m, "only the nix layer and the config are uploaded; the base layers are already there");
+      // The nix layer is hello's, pushed to another repository earlier: mounted from there.
+      t.match(pushedDerived.stdout, /uploaded 1 of 4 blobs .*, 1 mounted, 2 already present$/m, "only the config is uploaded; the base layers are already there, the nix layer is mounted");
       await ctr(NS.from, ["images", "rm", "--sync", ref]);
       t.same((await snapshotsOf(NS.from)).map((i) => i.name), [], "removing the image collects all three snapshots");
     });

@@ -6,8 +6,17 @@
  * Token auth needs an issuer. distribution verifies the token (an ES256 JWT
  * whose x5c header carries a certificate chaining to `rootcertbundle`,
  * registry/auth/token/token.go); startTokenIssuer is that issuer, checking
- * basic credentials the way a real token service does. It is the only
- * stand-in: no registry code is imitated.
+ * basic credentials the way a real token service does, served over https
+ * as token services are (credentials go to a realm on another origin only
+ * over https).
+ *
+ * Faults and fronts a real registry cannot be made to show, each a small
+ * loopback server the test starts: startCapturingRealm (a token realm on
+ * another host that records what it is sent), startFront (a front that
+ * redirects blob requests or hands out upload locations on another host, as
+ * registries behind CDNs and blob stores do, and can drop a connection
+ * mid-upload). No registry code is imitated: every blob and manifest still
+ * goes to and from the real registry.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createPrivateKey, sign, X509Certificate } from "node:crypto";
@@ -183,11 +192,12 @@ export interface TokenIssuer {
  * {"token": <JWT>} granting the scope's actions, or 401.
  */
 export async function startTokenIssuer(o: { tls: TlsFiles; issuer: string; user: string; password: string }): Promise<TokenIssuer> {
+  const tlsOpts = { cert: readFileSync(o.tls.cert), key: readFileSync(o.tls.key) };
   const key = createPrivateKey(readFileSync(o.tls.key));
   const x5c = [new X509Certificate(readFileSync(o.tls.cert)).raw.toString("base64")];
   const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
   const requests: TokenIssuer["requests"] = [];
-  const server = http.createServer((req, res) => {
+  const server = https.createServer(tlsOpts, (req, res) => {
     const url = new URL(req.url ?? "/", "http://issuer");
     const scope = url.searchParams.get("scope") ?? "";
     const service = url.searchParams.get("service") ?? "";
@@ -217,8 +227,128 @@ export async function startTokenIssuer(o: { tls: TlsFiles; issuer: string; user:
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
-    realm: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/token`,
+    realm: `https://127.0.0.1:${(server.address() as net.AddressInfo).port}/token`,
     requests,
     stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
+}
+
+export interface CapturingRealm {
+  readonly realm: string;
+  /** The Authorization header of every request (undefined when none was sent). */
+  readonly authorizations: (string | undefined)[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A token realm on another loopback address (127.0.0.2: another host as far
+ * as origins go) over plain http, that records every Authorization header
+ * and grants nothing: what a hostile registry would name to collect a
+ * password.
+ */
+export async function startCapturingRealm(address = "127.0.0.2"): Promise<CapturingRealm> {
+  const authorizations: (string | undefined)[] = [];
+  const server = http.createServer((req, res) => {
+    authorizations.push(req.headers.authorization);
+    res.writeHead(401, { "content-type": "application/json" }).end('{"details":"no"}');
+  });
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(0, address, resolve));
+  return {
+    realm: `http://${address}:${(server.address() as net.AddressInfo).port}/token`,
+    authorizations,
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+export interface FrontRequest {
+  method: string;
+  url: string;
+  authorization?: string;
+}
+
+export interface FrontOptions {
+  /** host:port of the registry (plain http) behind the front. */
+  target: string;
+  /** Answer blob HEAD/GET and upload PUTs with a 307 to this base URL (the same path there). */
+  redirectBlobsTo?: string;
+  /** Rewrite the Location of new upload sessions to this base URL (an upload host of its own). */
+  uploadsAt?: string;
+  /** Sent to the registry in place of whatever Authorization the client sent (a blob store honouring its own URLs). */
+  authorization?: string;
+  /**
+   * Drop the connection of the PATCH whose Content-Range starts at this
+   * offset, once 256 KiB of its body arrived and before the registry sees
+   * any of it (a connection lost between client and front). Once.
+   */
+  dropPatchAt?: number;
+  address?: string;
+}
+
+export interface Front {
+  readonly url: string;
+  readonly host: string;
+  readonly requests: FrontRequest[];
+  /** Connections dropped so far. */
+  dropped: number;
+  stop(): Promise<void>;
+}
+
+/** A plain-http front for a registry; see FrontOptions. Host headers pass through, so the registry's Locations name the front. */
+export async function startFront(o: FrontOptions): Promise<Front> {
+  const requests: FrontRequest[] = [];
+  let dropAt = o.dropPatchAt;
+  const front: Front = {
+    url: "",
+    host: "",
+    requests,
+    dropped: 0,
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+  const blobPath = /^\/v2\/.+\/blobs\/sha256:[0-9a-f]{64}$/;
+  const uploadPath = /^\/v2\/.+\/blobs\/uploads\/[^/?]+/;
+  const server = http.createServer((req, res) => {
+    const url = req.url ?? "/";
+    requests.push({ method: req.method ?? "", url, ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}) });
+    const pathname = url.split("?")[0]!;
+    if (o.redirectBlobsTo && (((req.method === "HEAD" || req.method === "GET") && blobPath.test(pathname)) || (req.method === "PUT" && uploadPath.test(pathname)))) {
+      req.resume();
+      res.writeHead(307, { location: `${o.redirectBlobsTo}${url}`, "content-length": "0" }).end();
+      return;
+    }
+    const start = Number(/^(\d+)-/.exec(String(req.headers["content-range"] ?? ""))?.[1] ?? -1);
+    if (req.method === "PATCH" && dropAt !== undefined && start === dropAt) {
+      dropAt = undefined;
+      let seen = 0;
+      req.on("data", (c: Buffer) => {
+        seen += c.length;
+        if (seen > 256 * 1024 && !req.socket.destroyed) {
+          front.dropped++;
+          req.socket.destroy();
+        }
+      });
+      return;
+    }
+    forward();
+
+    function forward(): void {
+      const headers = { ...req.headers };
+      if (o.authorization) headers.authorization = o.authorization;
+      const up = http.request({ host: o.target.split(":")[0], port: Number(o.target.split(":")[1]), method: req.method, path: url, headers }, (r) => {
+        const h = { ...r.headers };
+        if (o.uploadsAt && req.method === "POST" && r.statusCode === 202 && typeof h.location === "string") {
+          const loc = new URL(h.location, `http://${req.headers.host}`);
+          h.location = `${o.uploadsAt}${loc.pathname}${loc.search}`;
+        }
+        res.writeHead(r.statusCode ?? 502, h);
+        r.pipe(res);
+      });
+      up.on("error", () => res.destroy());
+      req.pipe(up);
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, o.address ?? "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  (front as { host: string }).host = `${o.address ?? "127.0.0.1"}:${port}`;
+  (front as { url: string }).url = `http://${front.host}`;
+  return front;
 }

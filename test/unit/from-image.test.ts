@@ -51,7 +51,7 @@ t.test("readBaseImage takes an OCI layout's layers as they are", async (t) => {
     file,
   );
   const base = await readBaseImage(file);
-  t.same(base.layers.map((l) => [l.mediaType, sha256Digest(l.blob), l.diffId]), [
+  t.same(base.layers.map((l) => [l.mediaType, l.digest, l.diffId]), [
     ["application/vnd.oci.image.layer.v1.tar+gzip", w.layerDigests[0], sha256Digest(gz)],
     ["application/vnd.oci.image.layer.v1.tar", w.layerDigests[1], sha256Digest(raw)],
   ]);

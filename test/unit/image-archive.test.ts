@@ -11,6 +11,7 @@ import zlib from "node:zlib";
 import t from "tap";
 import {
   buildImage,
+  openImageArchive,
   readImageArchive,
   refTag,
   withDefaultTag,
@@ -18,7 +19,8 @@ import {
   type ImageInput,
   type TarLayerInput,
 } from "../../src/image/archive.js";
-import { buildLayer, gzip, packTar, type TarItem } from "../../src/image/layer.js";
+import { buildLayer, detectCompression, digestStream, gzip, packTar, type TarItem } from "../../src/image/layer.js";
+import { bufferSource, fileRange, indexTar, readSource } from "../../src/image/tar-index.js";
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
   ANNOTATION_REF_NAME,
@@ -27,6 +29,7 @@ import {
   MEDIA_TYPE_OCI_INDEX,
   MEDIA_TYPE_OCI_LAYER,
   MEDIA_TYPE_OCI_LAYER_GZIP,
+  MEDIA_TYPE_OCI_LAYER_ZSTD,
   MEDIA_TYPE_OCI_MANIFEST,
   sha256Digest,
 } from "../../src/image/oci.js";
@@ -388,4 +391,93 @@ t.test("skopeo reads what we write", async (t) => {
   skopeo("copy", "--quiet", "--preserve-digests", `oci-archive:${file}`, `oci:${ociDir}:copied`);
   const index = JSON.parse(readFileSync(path.join(ociDir, "index.json"), "utf8"));
   t.equal(index.manifests[0].digest, w.manifestDigest, "copied unchanged into an OCI dir");
+});
+
+t.test("the tar index finds members by offset: long names, links, empty files", async (t) => {
+  const tmp = tempDir();
+  t.teardown(() => tmp.cleanup());
+  const long = `${"d".repeat(120)}/${"f".repeat(90)}`;
+  const file = path.join(tmp.path, "x.tar");
+  writeFileSync(
+    file,
+    await packTar([
+      fileItem(long, "long name"),
+      fileItem("empty", ""),
+      fileItem("a/b", "bee"),
+      { header: { name: "a/link", type: "symlink", linkname: "b", mtime: new Date(0) } },
+      { header: { name: "hard", type: "link", linkname: "a/b", mtime: new Date(0) } },
+    ]),
+  );
+  const index = await indexTar(file);
+  const read = async (name: string) => (await readSource(fileRange(file, index.get(name)!.offset, index.get(name)!.size), 1024, name)).toString();
+  t.equal(await read(long), "long name", "a PAX long name maps to its bytes");
+  t.equal(await read("empty"), "", "an empty file");
+  t.equal(await read("a/b"), "bee");
+  t.same([index.get("a/link")?.type, index.get("a/link")?.linkname], ["symlink", "b"]);
+  t.same([index.get("hard")?.type, index.get("hard")?.linkname], ["link", "a/b"]);
+  t.equal((await readSource(fileRange(file, index.get("a/b")!.offset, 3), 3, "x")).toString(), "bee");
+  const chunks: Buffer[] = [];
+  for await (const c of fileRange(file, index.get(long)!.offset, 9).open(5, 9)) chunks.push(c as Buffer);
+  t.equal(Buffer.concat(chunks).toString(), "name", "a sub-range");
+
+  const truncated = path.join(tmp.path, "truncated.tar");
+  writeFileSync(truncated, readFileSync(file).subarray(0, index.get("a/b")!.offset + 1));
+  await t.rejects(indexTar(truncated), /past the end of the file/, "a member running past the end");
+});
+
+t.test("a prebuilt layer streamed from a file must have its digest", async (t) => {
+  const tmp = tempDir();
+  t.teardown(() => tmp.cleanup());
+  const layer = await buildLayer([{ type: "file", path: "x", content: "x" }]);
+  const layerFile = path.join(tmp.path, "layer.tar");
+  writeFileSync(layerFile, layer);
+  const src = fileRange(layerFile, 0, layer.length);
+  const out = path.join(tmp.path, "out.tar");
+  const ok = await writeImageArchive({ layers: [{ blob: src, digest: sha256Digest(layer), diffId: sha256Digest(layer), mediaType: MEDIA_TYPE_OCI_LAYER }], config: {} }, out);
+  t.same(ok.layerDigests, [sha256Digest(layer)], "streamed in under its digest");
+  t.ok((await readImageArchive(out)).blobs.get(sha256Digest(layer))!.equals(layer), "byte for byte");
+  const bad = path.join(tmp.path, "bad.tar");
+  await t.rejects(
+    writeImageArchive({ layers: [{ blob: src, digest: sha256Digest("other"), diffId: sha256Digest(layer), mediaType: MEDIA_TYPE_OCI_LAYER }], config: {} }, bad),
+    /its bytes have digest sha256:[0-9a-f]{64}, expected/,
+  );
+  t.notOk(readdirSync(tmp.path).some((n) => n.startsWith("bad") || n.startsWith(".bad")), "and no archive, not even a temporary one, is left");
+});
+
+t.test("zstd layers are checked against their diff_ids like gzip ones", async (t) => {
+  if (!requireOrSkip(t, { commands: ["zstd"] })) return;
+  const tmp = tempDir();
+  t.teardown(() => tmp.cleanup());
+  const tar = await buildLayer([{ type: "file", path: "z", content: "zstd ".repeat(1000) }]);
+  const zst = execFileSync("zstd", ["-q", "-c"], { input: tar });
+  t.equal(detectCompression(zst), "zstd");
+  const d = await digestStream(bufferSource(zst).open(), { uncompressed: true });
+  t.same(d, { digest: sha256Digest(zst), size: zst.length, diffId: sha256Digest(tar), compression: "zstd" }, "decompressed as a stream: digest and diff_id");
+
+  const archive = async (diffId: string) => {
+    const configBytes = Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [diffId] } }));
+    const file = path.join(tmp.path, `docker-${diffId.slice(7, 15)}.tar`);
+    writeFileSync(
+      file,
+      await packTar([
+        fileItem("l/layer.tar", zst),
+        fileItem("config.json", configBytes),
+        fileItem("manifest.json", JSON.stringify([{ Config: "config.json", RepoTags: ["example.com/z:1"], Layers: ["l/layer.tar"] }])),
+      ]),
+    );
+    return file;
+  };
+  const good = await readImageArchive(await archive(sha256Digest(tar)));
+  t.same(good.manifest.layers[0], { mediaType: MEDIA_TYPE_OCI_LAYER_ZSTD, digest: sha256Digest(zst), size: zst.length }, "a docker-archive's zstd layer is typed and kept");
+  await t.rejects(readImageArchive(await archive(sha256Digest("wrong"))), /layer "l\/layer\.tar" has diff_id sha256:[0-9a-f]{64}, config says sha256:/, "a wrong diff_id is refused");
+
+  // An OCI layout base (--from-image): its zstd layer is checked too.
+  const oci = path.join(tmp.path, "oci.tar");
+  await writeImageArchive({ layers: [{ blob: zst, mediaType: MEDIA_TYPE_OCI_LAYER_ZSTD, diffId: sha256Digest("wrong") }], config: {} }, oci);
+  await t.rejects(openImageArchive(oci, { diffIds: true }), /layer 0 \(sha256:[0-9a-f]{64}\) has diff_id sha256:[0-9a-f]{64}, config says/, "an OCI layout's zstd layer with a wrong diff_id, when asked");
+  const fine = path.join(tmp.path, "oci-fine.tar");
+  await writeImageArchive({ layers: [{ blob: zst, mediaType: MEDIA_TYPE_OCI_LAYER_ZSTD, diffId: sha256Digest(tar) }], config: {} }, fine);
+  const opened = await openImageArchive(fine, { diffIds: true });
+  t.equal(opened.manifest.layers[0]!.mediaType, MEDIA_TYPE_OCI_LAYER_ZSTD, "and a right one passes");
+  await opened.close();
 });

@@ -4,13 +4,13 @@
  * labels a layer's snapshot gets. (The protocols themselves are exercised
  * against a real registry and containerd in test/integration/push-load.)
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { chainIds, snapshotLabels } from "../../src/containerd/unpack.js";
 import { sha256Digest } from "../../src/image/oci.js";
 import { registryErrorText } from "../../src/image/push.js";
-import { dockerConfigDir, loadCredentials, parseChallenge, parseRegistryRef } from "../../src/image/registry-auth.js";
+import { credentialsAllowed, dockerConfigDir, loadCredentials, parseChallenge, parseRegistryRef } from "../../src/image/registry-auth.js";
 import { tempDir } from "../lib/tmp.js";
 
 t.test("parseRegistryRef", async (t) => {
@@ -48,7 +48,6 @@ t.test("docker config credentials", async (t) => {
         "https://index.docker.io/v1/": { auth: b64("carol:hub") },
         "plain.example": { username: "dave", password: "pw" },
       },
-      credsStore: "desktop",
     }),
   );
   const env = { DOCKER_CONFIG: dir };
@@ -62,6 +61,62 @@ t.test("docker config credentials", async (t) => {
   t.equal(await loadCredentials("127.0.0.1:5000", { DOCKER_CONFIG: path.join(tmp.path, "missing") }), undefined, "no file: no credentials");
   writeFileSync(path.join(dir, "config.json"), "{not json");
   await t.rejects(loadCredentials("x", env), /config\.json is not valid JSON/, "a broken file is an error naming it");
+});
+
+t.test("credential helpers: credHelpers, then credsStore, then auths", async (t) => {
+  const tmp = tempDir("nix2container-helpers-");
+  t.teardown(() => tmp.cleanup());
+  const bin = path.join(tmp.path, "bin");
+  mkdirSync(bin);
+  const asked = path.join(tmp.path, "asked");
+  // A helper per behaviour, speaking docker-credential-helpers' protocol.
+  const helper = (name: string, body: string) => {
+    writeFileSync(path.join(bin, `docker-credential-${name}`), `#!/bin/sh\n[ "$1" = get ] || exit 3\nread -r server\necho "${name} $server" >> ${asked}\n${body}\n`);
+    chmodSync(path.join(bin, `docker-credential-${name}`), 0o755);
+  };
+  helper("store", `echo '{"ServerURL":"'$server'","Username":"from-store","Secret":"s1"}'`);
+  helper("special", `echo '{"ServerURL":"'$server'","Username":"from-special","Secret":"s:2"}'`);
+  helper("empty", `echo "credentials not found in native keychain"; exit 1`);
+  helper("broken", `echo "cannot talk to the keyring" >&2; exit 2`);
+  helper("token", `echo '{"Username":"<token>","Secret":"refresh"}'`);
+  const dir = path.join(tmp.path, "docker");
+  mkdirSync(dir);
+  const config = (v: unknown) => writeFileSync(path.join(dir, "config.json"), JSON.stringify(v));
+  const env = { DOCKER_CONFIG: dir, PATH: `${bin}:/usr/bin:/bin` };
+  const b64 = (x: string) => Buffer.from(x).toString("base64");
+
+  config({ auths: { "r.example": { auth: b64("file:pw") }, "q.example": {} }, credsStore: "store", credHelpers: { "s.example": "special", "n.example": "empty", "x.example": "broken", "t.example": "token" } });
+  t.same(await loadCredentials("s.example", env), { username: "from-special", password: "s:2" }, "credHelpers names the helper for its registry");
+  t.same(await loadCredentials("r.example", env), { username: "from-store", password: "s1" }, "credsStore wins over auths (which then holds placeholders)");
+  t.same(await loadCredentials("docker.io", env), { username: "from-store", password: "s1" }, "Docker Hub through the store");
+  t.equal(await loadCredentials("n.example", env), undefined, "'credentials not found' is no credentials");
+  await t.rejects(loadCredentials("x.example", env), /credential helper docker-credential-broken failed for x\.example \(exit 2\): cannot talk to the keyring/, "a failing helper is one line naming it");
+  await t.rejects(loadCredentials("t.example", env), /identity token/, "identity tokens are refused by name");
+  t.same(
+    readFileSync(asked, "utf8").trim().split("\n"),
+    ["special s.example", "store r.example", "store https://index.docker.io/v1/", "empty n.example", "broken x.example", "token t.example"],
+    "each helper was asked with the server URL on stdin (Docker Hub's legacy URL for docker.io)",
+  );
+  config({ credsStore: "missing" });
+  await t.rejects(loadCredentials("r.example", env), /credential helper docker-credential-missing \(from the docker config\) is not on PATH/);
+  config({ credsStore: "../../bin/sh" });
+  await t.rejects(loadCredentials("r.example", env), /invalid credential helper name/, "a helper name cannot name a path");
+  config({ auths: { "r.example": { auth: b64("file:pw") } } });
+  t.same(await loadCredentials("r.example", env), { username: "file", password: "pw" }, "without helpers, auths");
+});
+
+t.test("where credentials may go", async (t) => {
+  const reg = new URL("http://127.0.0.1:5000");
+  const tls = new URL("https://registry.example");
+  t.ok(credentialsAllowed(new URL("http://127.0.0.1:5000/v2/x/blobs/uploads/u"), reg, "registry"), "the registry's own origin");
+  t.notOk(credentialsAllowed(new URL("http://127.0.0.1:5001/v2/x"), reg, "registry"), "not another port");
+  t.notOk(credentialsAllowed(new URL("http://127.0.0.2:5000/v2/x"), reg, "registry"), "not another host");
+  t.notOk(credentialsAllowed(new URL("https://blobs.example/upload"), tls, "registry"), "not an upload host elsewhere, even over https");
+  t.notOk(credentialsAllowed(new URL("http://registry.example/v2/"), tls, "registry"), "not the same host over plain http when the registry speaks https");
+  t.ok(credentialsAllowed(new URL("https://auth.example/token"), tls, "realm"), "a token realm over https");
+  t.ok(credentialsAllowed(new URL("http://127.0.0.1:5000/token"), reg, "realm"), "a realm on the registry's own origin");
+  t.notOk(credentialsAllowed(new URL("http://127.0.0.2:6000/token"), reg, "realm"), "not a plain-http realm on another host");
+  t.notOk(credentialsAllowed(new URL("http://auth.example/token"), tls, "realm"), "nor one behind an https registry");
 });
 
 t.test("WWW-Authenticate challenges", async (t) => {
