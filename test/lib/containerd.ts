@@ -172,8 +172,9 @@ disabled_plugins = [${disabledPlugins(b, !!o.cri).map(q).join(", ")}]
   address = "${o.snapshotterAddress}"
 `;
   if (b.major >= 2 && o.remoteSnapshotAnnotations !== false) {
-    cfg += `  # 2.x: the Transfer service (ctr's default pull and import, CRI pulls
-  # since 2.1) hands layer annotations only to proxy snapshotters that export this.
+    cfg += `  # 2.x: containerd's docs ask remote snapshotters to export this for the
+  # Transfer service; on 2.1 layer annotations arrive without it too
+  # (annotation-paths.test.ts checks both), it adds containerd's own labels.
   [proxy_plugins.nix.exports]
     enable_remote_snapshot_annotations = "true"
 `;
