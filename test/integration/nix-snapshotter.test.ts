@@ -9,12 +9,11 @@ import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
 import { InvalidArgumentError, FailedPreconditionError } from "../../src/errors.js";
-import { ExternalBuilderRealiser, NixStoreRealiser, type Realiser } from "../../src/nix/realise.js";
-import { NixSnapshotter } from "../../src/snapshotter/nix.js";
-import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
+import { ExternalBuilderRealiser } from "../../src/nix/realise.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
 import { withMounts } from "../lib/mount.js";
 import { closureOf, layerStorePaths, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
+import { nixLabels, openNixSnapshotter } from "../lib/nix-layer.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
@@ -25,20 +24,11 @@ const PATH_LABEL = "containerd.io/snapshot/nix-store-path.";
 const BASENAME_LABEL = "containerd.io/snapshot/nix/store.";
 const CLOSURE_LABEL = "containerd.io/snapshot/nix-closure";
 
-async function open(root: string, realiser: Realiser = new NixStoreRealiser()) {
-  const overlay = await OverlaySnapshotter.open({ root });
-  return NixSnapshotter.wrap(overlay, { realiser });
-}
 
 function binds(mounts: Mount[]): string[] {
   return mounts.filter((m) => m.target).map((m) => m.target!);
 }
 
-function pathLabels(paths: string[]): Record<string, string> {
-  const labels: Record<string, string> = { [LAYER]: "true" };
-  paths.forEach((p, i) => (labels[`${PATH_LABEL}${i}`] = p));
-  return labels;
-}
 
 /** A three-path closure: app -> lib -> data, plus a closure file listing it. */
 async function buildClosure(n: string): Promise<{ app: string; closure: string[]; info: string }> {
@@ -61,12 +51,12 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const { closure, info } = await buildClosure(nonce());
     t.equal(closure.length, 3, "the fixture closure has three paths");
 
-    const unpack = await sn.prepare("extract-1", "", { labels: pathLabels(closure) });
+    const unpack = await sn.prepare("extract-1", "", { labels: nixLabels(closure) });
     t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
     t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
     const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
@@ -124,7 +114,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const { closure, info } = await buildClosure(nonce());
     await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
@@ -144,15 +134,15 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
   t.test("store paths of every parent, deduplicated, on an ordinary base layer", async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
-    const sn = await open(path.join(tmp.path, "root"));
+    const sn = await openNixSnapshotter(path.join(tmp.path, "root"));
     t.teardown(() => sn.close());
     const a = await buildClosure(nonce());
     const b = await buildClosure(nonce());
     await sn.prepare("base-a", "");
     await sn.commit("base", "base-a");
-    await sn.prepare("l1-a", "base", { labels: pathLabels(a.closure) });
+    await sn.prepare("l1-a", "base", { labels: nixLabels(a.closure) });
     await sn.commit("l1", "l1-a");
-    await sn.prepare("l2-a", "l1", { labels: pathLabels([...b.closure, a.closure[0]!]) });
+    await sn.prepare("l2-a", "l1", { labels: nixLabels([...b.closure, a.closure[0]!]) });
     await sn.commit("l2", "l2-a");
     const m = await sn.prepare("top", "l2");
     t.equal(m[0]!.type, "overlay", "rootfs first");
@@ -163,7 +153,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const n = nonce();
     const [escape] = await nixBuild(`${prelude(n)} mk "escape" "ln -s /etc $out"`);
@@ -172,14 +162,14 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     const many: Record<string, string> = { [LAYER]: "true" };
     for (let i = 0; i < 100_000; i++) many[`${PATH_LABEL}${i}`] = good;
     const cases: [string, Record<string, string>, RegExp][] = [
-      ["/etc", pathLabels(["/etc"]), /not in \/nix\/store/],
-      ["dot-dot", pathLabels(["/nix/store/../etc"]), /invalid store path/],
-      ["dot-dot after a hash", pathLabels([`/nix/store/${hash}-x/../../etc`]), /top-level store path/],
-      ["newline in the name", pathLabels([`/nix/store/${hash}-evil\nname`]), /characters Nix does not allow/],
-      ["short hash", pathLabels(["/nix/store/abc-short"]), /32-character hash/],
-      ["hash outside base32", pathLabels([`/nix/store/${"e".repeat(32)}-x`]), /Nix base32/],
+      ["/etc", nixLabels(["/etc"]), /not in \/nix\/store/],
+      ["dot-dot", nixLabels(["/nix/store/../etc"]), /invalid store path/],
+      ["dot-dot after a hash", nixLabels([`/nix/store/${hash}-x/../../etc`]), /top-level store path/],
+      ["newline in the name", nixLabels([`/nix/store/${hash}-evil\nname`]), /characters Nix does not allow/],
+      ["short hash", nixLabels(["/nix/store/abc-short"]), /32-character hash/],
+      ["hash outside base32", nixLabels([`/nix/store/${"e".repeat(32)}-x`]), /Nix base32/],
       ["basename with a slash", { [LAYER]: "true", [`${BASENAME_LABEL}0`]: `${hash}-x/y` }, /must not contain/],
-      ["symlink out of the store", pathLabels([escape!]), /symlink that leads out/],
+      ["symlink out of the store", nixLabels([escape!]), /symlink that leads out/],
       ["closure that is not a store path", { [LAYER]: "true", [CLOSURE_LABEL]: "/etc/passwd" }, /nix-closure.*not in \/nix\/store/],
       ["100,000 labels", many, /more than 16384 store path labels/],
       ["nix-layer not true", { [LAYER]: "yes" }, /must be "true"/],
@@ -190,7 +180,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
       t.match(err?.message ?? "", re, `${what}: names the problem`);
     }
     const missing = `/nix/store/${"1".repeat(32)}-not-there`;
-    const err = await sn.prepare("missing", "", { labels: pathLabels([missing]) }).then(() => undefined, (e: Error) => e);
+    const err = await sn.prepare("missing", "", { labels: nixLabels([missing]) }).then(() => undefined, (e: Error) => e);
     t.ok(err instanceof FailedPreconditionError, "a path Nix cannot realise: FailedPrecondition");
     t.match(err?.message ?? "", /nix-store --realise .* failed: .*not-there/, "carrying Nix's message");
     const left: string[] = [];
@@ -210,16 +200,16 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     writeFileSync(builder, `#!/bin/sh\necho "$1 $2" >> ${calls}\nexec nix-store --realise "$2" --add-root "$1"\n`);
     chmodSync(builder, 0o755);
     const root = path.join(tmp.path, "root");
-    const sn = await open(root, new ExternalBuilderRealiser(builder));
+    const sn = await openNixSnapshotter(root, new ExternalBuilderRealiser(builder));
     t.teardown(() => sn.close());
     const { closure } = await buildClosure(nonce());
-    await sn.prepare("x", "", { labels: pathLabels(closure) });
+    await sn.prepare("x", "", { labels: nixLabels(closure) });
     const lines = readFileSync(calls, "utf8").trim().split("\n").sort();
     t.same(lines, closure.map((p) => `${path.join(root, "gcroots/1", path.basename(p))} ${p}`).sort(), "one call per store path");
     t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "the builder's roots keep the paths alive");
 
     writeFileSync(builder, `#!/bin/sh\necho "cannot build $2" >&2\nexit 3\n`);
-    const err = await sn.prepare("y", "", { labels: pathLabels(closure) }).then(() => undefined, (e: Error) => e);
+    const err = await sn.prepare("y", "", { labels: nixLabels(closure) }).then(() => undefined, (e: Error) => e);
     t.match(err?.message ?? "", /external builder .* failed for .* \(exit 3\): cannot build/, "a failing builder's message reaches the caller");
     t.same(readdirSync(path.join(root, "gcroots")), ["1"], "and leaves no roots behind");
   });

@@ -20,12 +20,11 @@ import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { buildNixImage } from "../../src/image/build.js";
 import { AlreadyExistsError, CancelledError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../../src/errors.js";
 import { MAX_STORE_PATH_LABELS } from "../../src/nix/labels.js";
-import { ExternalBuilderRealiser, NixStoreRealiser, type Realiser } from "../../src/nix/realise.js";
+import { ExternalBuilderRealiser, NixStoreRealiser } from "../../src/nix/realise.js";
 import { SCHEMA_VERSION } from "../../src/snapshotter/metadata.js";
-import { NixSnapshotter } from "../../src/snapshotter/nix.js";
-import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
 import { REPO, startDaemonProcess } from "../lib/daemon.js";
 import { closureOf, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
+import { nixLabels, openNixSnapshotter } from "../lib/nix-layer.js";
 import { requireOrSkip } from "../lib/require.js";
 import { schema1Closures, type Schema1Expected } from "../lib/schema1.js";
 import {
@@ -34,7 +33,6 @@ import {
   deleteFixture,
   killRounds,
   nixDeleteRace,
-  nixLabels,
   rootTargets,
   rowsAndDirs,
 } from "../lib/soak.js";
@@ -44,10 +42,6 @@ import { entries, listAll } from "../lib/util.js";
 const run = promisify(execFile);
 const FIXTURE = path.join(REPO, "test/fixtures/schema1");
 
-async function open(root: string, realiser: Realiser = new NixStoreRealiser()) {
-  const overlay = await OverlaySnapshotter.open({ root });
-  return NixSnapshotter.wrap(overlay, { realiser });
-}
 
 /** A three-path closure of this run's own. */
 async function closure(tag: string): Promise<string[]> {
@@ -216,7 +210,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const paths = await closure("same-key");
     const results = await Promise.allSettled([0, 1, 2].map(() => sn.prepare("k", "", { labels: nixLabels(paths) })));
@@ -235,7 +229,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
     const b = gatedBuilder(tmp.path);
-    const sn = await open(root, new ExternalBuilderRealiser(b.builder));
+    const sn = await openNixSnapshotter(root, new ExternalBuilderRealiser(b.builder));
     t.teardown(() => sn.close());
     const paths = await closure("remove-during");
     const preparing = sn.prepare("layer", "", { labels: nixLabels(paths) });
@@ -338,7 +332,7 @@ exec nix-store --realise "$2" --add-root "$1"
 `,
     );
     chmodSync(builder, 0o755);
-    const sn = await open(root, new ExternalBuilderRealiser(builder));
+    const sn = await openNixSnapshotter(root, new ExternalBuilderRealiser(builder));
     t.teardown(() => sn.close());
     const paths = await closure("partway");
     const err = await rejection(sn.prepare("layer", "", { labels: nixLabels(paths) }));
@@ -394,7 +388,7 @@ exec nix-store --realise "$2" --add-root "$1"
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const live = await closure("orphan-live");
     const orphan = await closure("orphan-dead");
@@ -415,7 +409,7 @@ exec nix-store --realise "$2" --add-root "$1"
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const paths = await closure("forced");
     await sn.prepare("x", "", { labels: nixLabels(paths) });
@@ -439,7 +433,7 @@ exec nix-store --realise "$2" --add-root "$1"
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
     const down = new NixStoreRealiser("nix-store", { ...process.env, NIX_REMOTE: `unix://${path.join(tmp.path, "no-daemon.sock")}` });
-    const sn = await open(root, down);
+    const sn = await openNixSnapshotter(root, down);
     t.teardown(() => sn.close());
     const err = await rejection(sn.prepare("x", "", { labels: nixLabels([`/nix/store/${"4".repeat(32)}-x`]) }));
     t.ok(err instanceof UnavailableError, `Unavailable (got ${err?.constructor.name}: ${err?.message})`);
@@ -451,7 +445,7 @@ exec nix-store --realise "$2" --add-root "$1"
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await open(root);
+    const sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     const n = nonce();
     // The file names `stray` without referring to it (its string context is
@@ -502,14 +496,14 @@ exec nix-store --realise "$2" --add-root "$1"
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    let sn = await open(root);
+    let sn = await openNixSnapshotter(root);
     const paths = await closure("update-label");
     await sn.prepare("plain", "");
     await sn.update({ name: "plain", labels: { "containerd.io/snapshot/nix-layer": "true" } });
     await sn.prepare("nix", "", { labels: nixLabels(paths) });
     await sn.update({ name: "nix", labels: {} }, ["labels"]);
     await sn.close();
-    sn = await open(root);
+    sn = await openNixSnapshotter(root);
     t.teardown(() => sn.close());
     t.same((await listAll(sn)).map((i) => i.name).sort(), ["nix", "plain"], "both survive a restart");
     await sn.commit("nix-c", "nix");

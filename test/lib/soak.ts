@@ -23,17 +23,9 @@ import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { UnavailableError, CancelledError } from "../../src/errors.js";
 import { startDaemonProcess, type DaemonProcess } from "./daemon.js";
 import { closureOf, nixBuild, prelude } from "./nix.js";
+import { nixLabels } from "./nix-layer.js";
 
 const run = promisify(execFile);
-
-export const NIX_LAYER = "containerd.io/snapshot/nix-layer";
-export const NIX_PATH_LABEL = "containerd.io/snapshot/nix-store-path.";
-
-export function nixLabels(paths: readonly string[]): Record<string, string> {
-  const labels: Record<string, string> = { [NIX_LAYER]: "true" };
-  paths.forEach((p, i) => (labels[`${NIX_PATH_LABEL}${i}`] = p));
-  return labels;
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
