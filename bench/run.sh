@@ -84,6 +84,25 @@ if [ ${#failed[@]} -gt 0 ]; then
   exit 1
 fi
 
+# Every benchmark's goal rows (BenchReport.goals), in one table: P1 first.
+goals_table() {
+  local files=() name
+  for name in "${ok[@]}"; do files+=("$work/$name.json"); done
+  node -e '
+    const fs = require("fs");
+    const rows = [];
+    for (const f of process.argv.slice(1)) {
+      const r = JSON.parse(fs.readFileSync(f, "utf8"));
+      for (const g of r.goals ?? []) rows.push({ ...g, bench: r.name });
+    }
+    rows.sort((a, b) => a.id.localeCompare(b.id, "en", { numeric: true }));
+    const out = ["| id | measure | goal | this run | | bench |", "| --- | --- | --- | --- | --- | --- |"];
+    for (const g of rows) out.push(`| ${g.id} | ${g.measure} | ${g.goal} | ${g.now} | ${g.met ? "PASS" : "MISS"} | ${g.bench} |`);
+    if (rows.length === 0) out.push("| | no benchmark reported a goal | | | | |");
+    process.stdout.write(out.join("\n") + "\n");
+  ' "${files[@]}"
+}
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 page="$work/performance.md"
 {
@@ -103,6 +122,10 @@ page="$work/performance.md"
   echo "| Node.js | $(node --version) |"
   echo "| Load average (1, 5, 15 min) | before: $load_before; after: $load_after |"
   echo
+  echo "## Goals"
+  echo
+  goals_table
+  echo
   for name in "${ok[@]}"; do
     node -e '
       const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -114,4 +137,6 @@ page="$work/performance.md"
 
 mkdir -p "$(dirname "$out")"
 mv "$page" "$out"
+echo "== goals" >&2
+goals_table >&2
 echo "bench/run.sh: ${#ok[@]} benchmark(s) ran; wrote $out" >&2

@@ -156,4 +156,23 @@ export interface BenchReport {
   rows: unknown[];
   /** Anything else worth keeping: parameters, environment. */
   meta?: Record<string, unknown>;
+  /**
+   * The performance goals this benchmark measures (P1, P2, ...), one row
+   * each: bench/run.sh gathers every benchmark's rows into the table that
+   * opens docs/performance.md and ends the run's output.
+   */
+  goals?: GoalRow[];
+}
+
+/** One performance goal, as measured in this run. */
+export interface GoalRow {
+  /** The goal's id, "P1" ... "P6"; several rows may share one. */
+  id: string;
+  /** What is measured, in a few words. */
+  measure: string;
+  /** The goal, as text ("≥ 1.0×", "≤ 2 ms"). */
+  goal: string;
+  /** The figure this run measured, as text ("0.96×", "12.2 ms"). */
+  now: string;
+  met: boolean;
 }

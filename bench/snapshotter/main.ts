@@ -894,6 +894,13 @@ ${busy ? " — **the machine was busy with other work during the run: absolute n
     markdown: `${table}\n\n${notes}\n`,
     rows,
     meta: { params: PARAMS, quick: opts.quick, load: res.load, fs: res.fs, settleBaseMs: res.settleBaseMs, memoryKiB: res.memory, goMissing: res.goMissing },
+    goals: res.rows.map((r) => ({
+      id: "P1",
+      measure: `${r.workload}, ops/s ours / ${haveGo ? "Go proxy" : "builtin overlayfs (no Go proxy in this run)"}`,
+      goal: `≥ ${r.target}×`,
+      now: `${ratioText(r.ratio, r.target)}×`,
+      met: r.pass,
+    })),
   };
 }
 
