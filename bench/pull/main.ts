@@ -23,7 +23,7 @@
  *   node build/bench/pull/main.js [--quick] [--json FILE]
  */
 import { execFile } from "node:child_process";
-import { createReadStream, lstatSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { createReadStream, lstatSync, mkdirSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
 import path from "node:path";
@@ -33,11 +33,12 @@ import { goArch } from "../../src/image/oci.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
 import { buildFixtures, buildNixImageArchive, NIX2CONTAINER_BIN } from "../../test/lib/images.js";
-import { closureOf, nonce, prelude, tryDelete } from "../../test/lib/nix.js";
+import { tryDelete } from "../../test/lib/nix.js";
 import { htpasswdFile, makeCert, startRegistry, type Registry } from "../../test/lib/registry.js";
 import { tempDir } from "../../test/lib/tmp.js";
 import { clearNamespace, killStartedProcesses } from "../lib/containerd-run.js";
 import { benchMain, benchOptions, missingBuild, removeStaleAutoRoots } from "../lib/harness.js";
+import { buildClosures, OWN, SHARED } from "../lib/closures.js";
 import { StorePathLayers } from "../lib/layered.js";
 import { fmt, markdownTable, msBetween, now, percentile, type BenchReport } from "../lib/stats.js";
 
@@ -46,17 +47,10 @@ const opts = benchOptions("2 measured pulls per side instead of 5 (a smoke run)"
 
 const REPS = opts.quick ? 2 : 5;
 const IMAGES = 5;
-/** Store paths every image has (besides busybox), and each image's own. */
-const SHARED = 54;
-const OWN = 6;
-const PATH_BYTES = 2 * 1024 * 1024;
 const TARGETS = { speedup: 10, bytesPercent: 1, disk: 1.1 };
 const NS = "bench-pull";
 const USER = "benchuser";
 const PASSWORD = "bench-pass";
-const CLOSURE_INFO_NIX = path.join(REPO, "test/fixtures/nix/closure-info.nix");
-/** Where the store paths' contents come from: this host's own files. */
-const HOST_DIRS = ["/usr/lib", "/usr/bin", "/usr/libexec", "/usr/share"];
 
 function progress(msg: string): void {
   process.stderr.write(`[bench pull] ${msg}\n`);
@@ -72,110 +66,6 @@ interface Env {
   /** Store paths this run built, and their derivations; deleted at the end. */
   built: string[];
   derivations: string[];
-}
-
-// ---------------------------------------------------------------- the closures
-
-/**
- * Regular files of this host, 16 KiB to 8 MiB (a shell script per store
- * path copies them, so no one path has thousands), in a stable order, until
- * `want` bytes: the stuff packages are made of.
- */
-function hostFiles(want: number): string[] {
-  const out: string[] = [];
-  const seen = new Set<string>();
-  let total = 0;
-  const walk = (dir: string): void => {
-    let names: string[];
-    try {
-      names = readdirSync(dir).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (total >= want) return;
-      const p = path.join(dir, name);
-      // Names go into a shell script and a Nix string: keep them plain.
-      if (!/^[A-Za-z0-9._+-]+$/.test(name)) continue;
-      const st = lstatSync(p, { throwIfNoEntry: false });
-      if (!st) continue;
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile() && st.size >= 16 * 1024 && st.size <= 8 * 1024 * 1024 && !seen.has(`${st.dev}:${st.ino}`)) {
-        seen.add(`${st.dev}:${st.ino}`);
-        out.push(p);
-        total += st.size;
-      }
-    }
-  };
-  for (const d of HOST_DIRS) walk(d);
-  if (total < want) throw new Error(`this host has only ${total} bytes of suitable files below ${HOST_DIRS.join(", ")}; ${want} needed`);
-  return out;
-}
-
-/** Consecutive groups of files of at least `bytes` each. */
-function buckets(files: string[], n: number, bytes: number): string[][] {
-  const out: string[][] = [];
-  let cur: string[] = [];
-  let size = 0;
-  for (const f of files) {
-    cur.push(f);
-    size += statSync(f).size;
-    if (size >= bytes) {
-      out.push(cur);
-      if (out.length === n) return out;
-      cur = [];
-      size = 0;
-    }
-  }
-  throw new Error(`only ${out.length} groups of ${bytes} bytes from ${files.length} files; ${n} needed`);
-}
-
-interface Closures {
-  /** Per image: its entry point's store path, its closureInfo, its closure. */
-  images: { app: string; info: string; closure: string[] }[];
-  /** Store paths in every image's closure (busybox included). */
-  shared: Set<string>;
-  busybox: string;
-}
-
-/** Builds the five images' store paths with real Nix (fresh paths each run). */
-async function buildClosures(env: Env, busybox: string): Promise<Closures> {
-  const groups = buckets(hostFiles((SHARED + IMAGES * OWN) * PATH_BYTES * 2), SHARED + IMAGES * OWN, PATH_BYTES);
-  const pkg = (name: string, files: string[]) =>
-    `mk "${name}" "mkdir $out && ${files.map((f, i) => `cp -L ${f} $out/${i}-${path.basename(f)}`).join(" && ")}"`;
-  const shared = groups.slice(0, SHARED).map((g, i) => pkg(`bench-pull-shared-${i}`, g));
-  const apps: string[] = [];
-  for (let k = 0; k < IMAGES; k++) {
-    const own = groups.slice(SHARED + k * OWN, SHARED + (k + 1) * OWN).map((g, j) => pkg(`bench-pull-img${k}-own-${j}`, g));
-    const deps = [...shared.map((_, i) => `s${i}`), ...own.map((_, j) => `o${k}_${j}`)];
-    apps.push(`o${k} = [ ${own.map((o) => `(${o})`).join(" ")} ];
-      ${own.map((_, j) => `o${k}_${j} = builtins.elemAt o${k} ${j};`).join(" ")}
-      app${k} = mk "bench-pull-app-${k}" "mkdir -p $out/bin && printf '#!${"${bb}"}/bin/sh\\\\necho started\\\\n' > $out/bin/app && chmod +x $out/bin/app && echo ${deps.map((d) => `${"${"}${d}}`).join(" ")} > $out/deps";
-      info${k} = import ${CLOSURE_INFO_NIX} { rootPaths = [ app${k} ]; };`);
-  }
-  const expr = `${prelude(nonce())}
-    let bb = builtins.storePath "${busybox}";
-      ${shared.map((s, i) => `s${i} = ${s};`).join("\n      ")}
-      ${apps.join("\n      ")}
-    in [ ${Array.from({ length: IMAGES }, (_, k) => `app${k} info${k}`).join(" ")} ]`;
-  // Too long for one argument (128 KiB): nix-build reads it from a file.
-  const file = path.join(env.tmp.path, "closures.nix");
-  writeFileSync(file, expr);
-  const out = (await exec("nix-build", [file, "--no-out-link"], { maxBuffer: 16 * 1024 * 1024, timeout: 1_800_000 })).stdout.split("\n").filter(Boolean);
-  const images: Closures["images"] = [];
-  for (let k = 0; k < IMAGES; k++) {
-    const app = out[2 * k]!;
-    const info = out[2 * k + 1]!;
-    images.push({ app, info, closure: await closureOf(app) });
-  }
-  const fixture = new Set(await closureOf(busybox));
-  env.built = [...new Set([...images.flatMap((i) => [i.app, i.info, ...i.closure])])].filter((p) => !fixture.has(p));
-  // Their derivations, and the derivations built on them (closureInfo's), go too.
-  const derivers = (await exec("nix-store", ["--query", "--deriver", ...env.built], { maxBuffer: 16 * 1024 * 1024 })).stdout.split("\n").filter((d) => d.endsWith(".drv"));
-  const referrers = await exec("nix-store", ["--query", "--referrers-closure", ...derivers], { maxBuffer: 16 * 1024 * 1024 });
-  env.derivations = referrers.stdout.split("\n").filter((d) => d.endsWith(".drv"));
-  const shared0 = new Set(images[0]!.closure.filter((p) => images.every((i) => i.closure.includes(p))));
-  return { images, shared: shared0, busybox };
 }
 
 // ---------------------------------------------------------------- measuring
@@ -245,7 +135,9 @@ async function run(env: Env): Promise<Result> {
   const tmp = env.tmp.path;
   const f = await buildFixtures(path.join(REPO, "build/test-fixtures"), { MANY_N: "1000" });
   progress(`building ${IMAGES} closures of ${SHARED + OWN + 2} store paths (${SHARED + 1} shared) from host files`);
-  const c = await buildClosures(env, f.busybox);
+  const c = await buildClosures(tmp, f.busybox, IMAGES);
+  env.built = c.built;
+  env.derivations = c.derivations;
   const closureBytes = await du(c.images[0]!.closure);
   const union = [...new Set(c.images.flatMap((i) => i.closure))];
   const unionBytes = await du(union);
