@@ -38,6 +38,8 @@ const LEASE_EXPIRY_MS = 60 * 60 * 1000;
 
 export interface LoadOptions {
   archive: string;
+  /** Where to read the archive when not at `archive` (an open descriptor's /proc/self/fd path); messages name `archive`. */
+  file?: string;
   /** containerd's socket. */
   address: string;
   namespace: string;
@@ -70,7 +72,9 @@ export interface LoadResult {
  * grow with the image: the daemon runs this for CRI pulls of nix:0 images.
  */
 export async function loadImage(o: LoadOptions): Promise<LoadResult> {
-  const img = await openImageArchive(o.archive).catch((err: Error) => {
+  const img = await openImageArchive(o.file ?? o.archive).catch((err: Error) => {
+    // Messages name the archive, not the descriptor it was read through.
+    if (o.file) err.message = err.message.split(o.file).join(o.archive);
     if (err instanceof SnapshotterError) throw err;
     throw new InvalidArgumentError(`${o.archive} is not a readable image archive: ${err.message}`);
   });

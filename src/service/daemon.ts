@@ -93,8 +93,8 @@ async function imageService(cfg: Config, log: Logger): Promise<CriImageServiceOp
   const puller = new NixImagePuller({
     realiser: new NixStoreRealiser(),
     loader: {
-      load: async (archive, { namespace, ref }) => {
-        await loadImage({ archive, address: containerd, namespace, snapshotter: "nix", name: ref });
+      load: async (archive, { namespace, ref, file }) => {
+        await loadImage({ archive, ...(file ? { file } : {}), address: containerd, namespace, snapshotter: "nix", name: ref });
       },
     },
     scratchDir,
