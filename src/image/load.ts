@@ -34,6 +34,8 @@ import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";
 
 export const DEFAULT_SNAPSHOTTER = "nix";
+/** Blobs written into the content store at once (without progress output). */
+const WRITE_CONCURRENCY = 4;
 const LEASE_EXPIRY_MS = 60 * 60 * 1000;
 
 export interface LoadOptions {
@@ -146,24 +148,38 @@ async function loadOpened(o: LoadOptions, img: ImageArchive): Promise<LoadResult
       if (o.progress) o.progress.finish(data.size, line);
       else log(line);
     };
-    for (const [i, l] of m.layers.entries()) await put(l.digest, `layer ${i + 1}/${m.layers.length}`);
-    await put(m.config.digest, "config");
     const children: Record<string, string> = { "containerd.io/gc.ref.content.config": m.config.digest };
     m.layers.forEach((l, i) => (children[`containerd.io/gc.ref.content.l.${i}`] = l.digest));
-    await put(img.manifestDigest, "manifest", children);
-
-    const unpacked = await unpackLayers(
-      m.layers.map((l, i) => ({ desc: { mediaType: l.mediaType, digest: l.digest, size: l.size, annotations: l.annotations ?? {} }, diffId: diffIds[i]! })),
-      {
-        ctx,
-        snapshotter: o.snapshotter,
-        content,
-        diff,
-        leases,
-        onLayer: (i, chainId, state) => log(`${state === "unpacked" ? "unpacked" : "have"} layer ${i + 1}/${m.layers.length} as ${chainId} in ${o.snapshotter}`),
-        ...(o.signal ? { signal: o.signal } : {}),
-      },
-    );
+    const unpack = () =>
+      unpackLayers(
+        m.layers.map((l, i) => ({ desc: { mediaType: l.mediaType, digest: l.digest, size: l.size, annotations: l.annotations ?? {} }, diffId: diffIds[i]! })),
+        {
+          ctx,
+          snapshotter: o.snapshotter,
+          content,
+          diff,
+          leases,
+          onLayer: (i, chainId, state) => log(`${state === "unpacked" ? "unpacked" : "have"} layer ${i + 1}/${m.layers.length} as ${chainId} in ${o.snapshotter}`),
+          ...(o.signal ? { signal: o.signal } : {}),
+        },
+      );
+    let unpacked: Awaited<ReturnType<typeof unpack>>;
+    if (o.progress) {
+      // One blob at a time: the progress line follows the current blob.
+      for (const [i, l] of m.layers.entries()) await put(l.digest, `layer ${i + 1}/${m.layers.length}`);
+      await put(m.config.digest, "config");
+      await put(img.manifestDigest, "manifest", children);
+      unpacked = await unpack();
+    } else {
+      // A few blobs at a time; the unpack starts once the layers are stored
+      // (the lease holds whatever is written in whichever order), while the
+      // config and the manifest are written.
+      // Each digest once: two writes of one blob would contend for its ingest.
+      const distinct = [...new Map(m.layers.map((l, i) => [l.digest, i])).entries()].map(([digest, i]) => ({ digest, i }));
+      const layers = pool(distinct.length, WRITE_CONCURRENCY, (k) => put(distinct[k]!.digest, `layer ${distinct[k]!.i + 1}/${m.layers.length}`));
+      const rest = Promise.all([put(m.config.digest, "config"), put(img.manifestDigest, "manifest", children)]);
+      [unpacked] = await settled([layers.then(unpack), rest]);
+    }
     const top = unpacked.chainIds[unpacked.chainIds.length - 1];
     if (top !== undefined) await content.setLabels(m.config.digest, { [`containerd.io/gc.ref.snapshot.${o.snapshotter}`]: top });
 
@@ -181,4 +197,33 @@ async function loadOpened(o: LoadOptions, img: ImageArchive): Promise<LoadResult
       image,
     };
   }
+}
+
+/** Runs fn(i) for i in [0, n), at most `concurrency` at once; settles once none is running, with the first failure. */
+async function pool(n: number, concurrency: number, fn: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (next < n && !failed) {
+      const i = next++;
+      try {
+        await fn(i);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await settled(Array.from({ length: Math.min(concurrency, n) }, worker));
+}
+
+/**
+ * Like Promise.all, but settles only once every promise has: on a failure
+ * nothing is still writing under the lease when the caller deletes it.
+ */
+async function settled<T extends readonly unknown[]>(ps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const rs = await Promise.allSettled(ps);
+  const failure = rs.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failure) throw failure.reason;
+  return rs.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
