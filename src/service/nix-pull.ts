@@ -139,13 +139,14 @@ export class NixImagePuller implements NixPuller {
   /** containerd's CRI learns of the image from an event; give it a moment. */
   private async waitForId(name: string): Promise<string> {
     const deadline = Date.now() + (this.o.settleMs ?? 10_000);
-    let delay = 20;
+    // CRI usually lists it within a few ms of the image record: ask early, then back off.
+    let delay = 5;
     for (;;) {
       const id = await this.o.imageId(name).catch(() => undefined);
       if (id) return id;
       if (Date.now() > deadline) throw new UnavailableError(`containerd's CRI does not list ${name} yet; retry the pull`);
       await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 500);
+      delay = Math.min(Math.ceil(delay * 1.5), 500);
     }
   }
 }
