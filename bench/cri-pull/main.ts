@@ -307,13 +307,13 @@ function report(fixtures: Fixture[]): BenchReport {
     ["left", "left", "right", "right", "right", "right", "right", "right"],
   );
   const ratios = rows
-    .map(({ fx, ratio50, ratio99 }) => `${fx.title}: layered / nix **${fmt(ratio50)}×** at p50, ${fmt(ratio99)}× at p99 (target ≥ ${TARGET_RATIO}× at p50: **${ratio50 >= TARGET_RATIO ? "PASS" : "MISS"}**).`)
+    .map(({ fx, ratio50, ratio99 }) => `- ${fx.title}: layered / nix **${fmt(ratio50)}×** at p50, ${fmt(ratio99)}× at p99 (target ≥ ${TARGET_RATIO}× at p50: **${ratio50 >= TARGET_RATIO ? "PASS" : "MISS"}**).`)
     .join("\n");
   const phases = rows
     .filter(({ fx }) => fx.phases?.realise.length)
     .map(({ fx }) => {
       const ph = fx.phases!;
-      return `${fx.title}: ${fmt(percentile(ph.realise, 50))} ms until the daemon starts loading, ${fmt(percentile(ph.load, 50))} ms importing, ${fmt(percentile(ph.settle, 50))} ms until PullImage answers.`;
+      return `- ${fx.title}: ${fmt(percentile(ph.realise, 50))} ms until the daemon starts loading, ${fmt(percentile(ph.load, 50))} ms importing, ${fmt(percentile(ph.settle, 50))} ms until PullImage answers.`;
     })
     .join("\n");
   const markdown = `${opts.quick ? "**Quick run (--quick): few repetitions; the numbers are noisy.**\n\n" : ""}\
