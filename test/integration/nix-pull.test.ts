@@ -4,7 +4,7 @@
  * every call and runs the real one.
  *   - an archive that is valid in the Nix store is loaded without a
  *     `nix-store --realise` (one long-running `nix-store --serve` answers
- *     the validity question);
+ *     the validity question); when that check fails, it is realised;
  *   - an archive that is not in the store is realised: substituted from a
  *     binary cache;
  *   - a file at the archive's store path that Nix does not hold valid (left
@@ -12,7 +12,7 @@
  *     realised, Nix replaces the file, and the pull loads the real archive.
  */
 import { execFile } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
@@ -51,7 +51,12 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
     const bin = path.join(tmp.path, "bin");
     const calls = path.join(tmp.path, "nix-store-calls");
     mkdirSync(bin);
-    writeFileSync(path.join(bin, "nix-store"), `#!/bin/sh\nprintf '%s\\n' "$*" >> '${calls}'\nexec '${real}' "$@"\n`);
+    // While the file `broken` exists, its --serve fails as a broken Nix would.
+    const broken = path.join(tmp.path, "broken");
+    writeFileSync(
+      path.join(bin, "nix-store"),
+      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${calls}'\n[ "$1" = --serve ] && [ -e '${broken}' ] && { echo "error: broken" >&2; exit 1; }\nexec '${real}' "$@"\n`,
+    );
     chmodSync(path.join(bin, "nix-store"), 0o755);
     writeFileSync(calls, "");
     const callsSince = (from: number) => readFileSync(calls, "utf8").split("\n").filter(Boolean).slice(from);
@@ -69,6 +74,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
       return p;
     };
     const valid = await storeAdd("valid-redis.tar");
+    const unchecked = await storeAdd("unchecked-redis.tar");
     const absent = await storeAdd("absent-redis.tar");
     const junk = await storeAdd("junk-redis.tar");
     const cache = path.join(tmp.path, "cache");
@@ -99,6 +105,12 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
       return { id: res.imageRef, listed: status.image?.id, calls: callsSince(from).filter((c) => c.includes(archive)) };
     };
 
+    writeFileSync(broken, "");
+    const u = await pull(unchecked);
+    t.equal(u.listed, u.id, "when nix-store --serve fails, the pull of a valid archive still loads it");
+    t.ok(u.calls.some((c) => c.startsWith("--realise")), "realising it with nix-store --realise");
+    rmSync(broken);
+
     const v = await pull(valid);
     t.match(v.id, /^sha256:[0-9a-f]{64}$/, "the valid archive's pull answers an image id");
     t.equal(v.listed, v.id, "containerd's CRI lists it");
@@ -106,7 +118,7 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
     t.ok(callsSince(0).includes("--serve"), "a nix-store --serve answered whether it is valid");
     const again = await pull(valid);
     t.equal(again.id, v.id, "pulling it again answers the same id");
-    t.same(callsSince(0).filter((c) => c === "--serve").length, 1, "from the same nix-store --serve");
+    t.same(callsSince(0).filter((c) => c === "--serve").length, 2, "from the same nix-store --serve (one after the broken one)");
 
     const a = await pull(absent);
     t.equal(a.listed, a.id, "the absent archive's pull loads it");
