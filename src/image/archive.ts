@@ -25,6 +25,7 @@ import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { detectCompression, digestStream, gzip, streamTar, type TarItem } from "./layer.js";
+import { refTag, withDefaultTag } from "./reference.js";
 import { type BlobSource, bufferSource, fileRange, indexTar, readSource } from "./tar-index.js";
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
@@ -50,30 +51,6 @@ import {
   type Platform,
   sha256Digest,
 } from "./oci.js";
-
-// --- references --------------------------------------------------------------
-
-/**
- * The tag of a reference ("latest" in "docker.io/library/foo:latest" and in
- * "nix:0/nix/store/xxx.tar:latest"): the text after the last ":" that comes
- * after the last "/", ignoring any "@digest". Mirrors containerd's
- * ociReferenceName(), which stores it as org.opencontainers.image.ref.name.
- */
-export function refTag(ref: string): string | undefined {
-  const at = ref.indexOf("@");
-  const name = at === -1 ? ref : ref.slice(0, at);
-  const colon = name.lastIndexOf(":");
-  return colon > name.lastIndexOf("/") ? name.slice(colon + 1) : undefined;
-}
-
-/**
- * Adds ":latest" to a reference with neither tag nor digest, the default
- * docker and containerd apply; `docker load` rejects untagged RepoTags.
- */
-export function withDefaultTag(ref: string): string {
-  if (ref === "" || /\s/.test(ref)) throw new Error(`invalid image reference ${JSON.stringify(ref)}`);
-  return ref.includes("@") || refTag(ref) !== undefined ? ref : `${ref}:latest`;
-}
 
 // --- writing -----------------------------------------------------------------
 

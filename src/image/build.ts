@@ -12,7 +12,8 @@ import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-
 import { DEFAULT_CREATED, type LayerInput, writeImageArchive, type WrittenImage } from "./archive.js";
 import { type BaseImage, mergeContainerConfig, readBaseImage } from "./from-image.js";
 import { buildLayer } from "./layer.js";
-import { copyToRootEntries, defaultNixRef, mountpointEntries, nixLayerAnnotations, parseImageConfig } from "./nix-image.js";
+import { copyToRootEntries, mountpointEntries, nixLayerAnnotations, parseImageConfig } from "./nix-image.js";
+import { defaultNixRef } from "./reference.js";
 
 export interface BuildOptions {
   /** JSON file with the image config ("config" object of the OCI image config). */

@@ -13,7 +13,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
 import { FailedPreconditionError, NotFoundError, SnapshotterError, UnavailableError } from "../errors.js";
-import { parseNixImageRef } from "../image/nix-image.js";
+import { parseNixImageRef } from "../image/reference.js";
 import type { Logger } from "../log.js";
 import type { Realiser } from "../nix/realise.js";
 import type { NixPuller } from "./cri-image.js";

@@ -13,8 +13,6 @@ import {
   buildImage,
   openImageArchive,
   readImageArchive,
-  refTag,
-  withDefaultTag,
   writeImageArchive,
   type ImageInput,
   type TarLayerInput,
@@ -81,17 +79,6 @@ async function sampleImage(ref = "docker.io/library/hello:1.0"): Promise<Omit<Im
     history: [{ created_by: "nix-snapshotter test" }, { created_by: "nix-snapshotter test" }],
   };
 }
-
-t.test("refTag and withDefaultTag follow containerd's reference rules", async (t) => {
-  t.equal(refTag("docker.io/library/foo:latest"), "latest");
-  t.equal(refTag("nix:0/nix/store/xxx-foo.tar:latest"), "latest");
-  t.equal(refTag("localhost:5000/foo"), undefined, "a port is not a tag");
-  t.equal(refTag("foo:1@sha256:" + "0".repeat(64)), "1");
-  t.equal(withDefaultTag("docker.io/library/foo"), "docker.io/library/foo:latest");
-  t.equal(withDefaultTag("localhost:5000/foo"), "localhost:5000/foo:latest");
-  t.equal(withDefaultTag("foo@sha256:" + "0".repeat(64)), "foo@sha256:" + "0".repeat(64));
-  t.throws(() => withDefaultTag("has space"), /invalid image reference/);
-});
 
 t.test("write then read gives the image back", async (t) => {
   const tmp = tempDir();
