@@ -16,7 +16,7 @@ import { execFile } from "node:child_process";
 import { lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { criClients, type CriClients } from "../../test/lib/cri.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";

@@ -28,7 +28,7 @@ import http from "node:http";
 import type net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { goArch } from "../../src/image/oci.js";
 import { startContainerd, type Containerd } from "../../test/lib/containerd.js";
 import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";

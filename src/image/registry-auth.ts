@@ -103,7 +103,7 @@ export async function loadCredentials(registry: string, env: NodeJS.ProcessEnv =
  * (the helpers print "credentials not found in native keychain" and exit 1)
  * is no credentials; any other failure is an error naming the helper.
  */
-export async function runCredentialHelper(helper: string, serverUrl: string, env: NodeJS.ProcessEnv = process.env): Promise<Credentials | undefined> {
+async function runCredentialHelper(helper: string, serverUrl: string, env: NodeJS.ProcessEnv = process.env): Promise<Credentials | undefined> {
   const program = `docker-credential-${helper}`;
   const { code, stdout, error } = await new Promise<{ code: number | null; stdout: string; error?: Error }>((resolve) => {
     const child = spawn(program, ["get"], { env, stdio: ["pipe", "pipe", "pipe"] });

@@ -21,7 +21,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { buildLayer, type LayerEntry } from "../../src/image/layer.js";
 import type { Info } from "../../src/snapshotter/snapshotter.js";
 import { killTasks, startContainerd, type Containerd } from "../lib/containerd.js";

@@ -31,7 +31,7 @@ import { promisify } from "node:util";
 import t from "tap";
 import type { Test } from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { buildLayer, type LayerEntry } from "../../src/image/layer.js";
 import { mountpointEntries, nixLayerAnnotations } from "../../src/image/nix-image.js";
 import type { StorePath } from "../../src/nix/store-path.js";

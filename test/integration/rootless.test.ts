@@ -22,7 +22,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import t from "tap";
 import type { Test } from "tap";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { buildLayer } from "../../src/image/layer.js";
 import { announceContainerd, containerdBinaries } from "../lib/containerd.js";
 import { REPO, waitForSocket } from "../lib/daemon.js";

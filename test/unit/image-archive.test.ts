@@ -9,15 +9,11 @@ import path from "node:path";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
 import t from "tap";
-import {
-  buildImage,
-  openImageArchive,
-  readImageArchive,
-  writeImageArchive,
-  type ImageInput,
-  type TarLayerInput,
-} from "../../src/image/archive.js";
-import { buildLayer, detectCompression, digestStream, gzip, packTar, type TarItem } from "../../src/image/layer.js";
+import { openImageArchive, readImageArchive } from "../../src/image/archive.js";
+import { buildImage, writeImageArchive, type ImageInput, type TarLayerInput } from "../../src/image/archive-writer.js";
+import { detectCompression, digestStream, gzip } from "../../src/image/compression.js";
+import { buildLayer } from "../../src/image/layer.js";
+import { packTar, type TarItem } from "../../src/image/tar-writer.js";
 import { bufferSource, fileRange, indexTar, readSource } from "../../src/image/tar-index.js";
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
