@@ -31,10 +31,10 @@ import { digestStream } from "../../src/image/compression.js";
 import { streamTar } from "../../src/image/tar-writer.js";
 import { MEDIA_TYPE_OCI_LAYER } from "../../src/image/oci.js";
 import { fileRange } from "../../src/image/tar-index.js";
-import { startContainerd, type Containerd } from "../lib/containerd.js";
+import { startContainerd, type Containerd } from "../../devenv/containerd.js";
 import { criClients, PAUSE, until, type CriClients } from "../lib/cri.js";
-import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
-import { buildFixtures, NIX2CONTAINER_BIN } from "../lib/images.js";
+import { REPO, startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
+import { buildFixtures, NIX2CONTAINER_BIN } from "../../devenv/images.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
