@@ -10,7 +10,8 @@
 # Debian sid, never installed); `make test` runs both unless it is set.
 # RUNTIME=runsc runs run-hello, run-redis and demo under gVisor.
 #
-# As root the development environment is rootful; as an ordinary user it is
+# The development environment is devenv/ (devenv/main.ts runs these
+# targets). As root it is rootful; as an ordinary user it is
 # rootless (docs/rootless.md): both daemons run in a rootlesskit namespace,
 # which `make nsenter ARGS="sh"` enters.
 
@@ -20,7 +21,7 @@ SHELL := /bin/bash
 export NIX_CONF_DIR := $(CURDIR)/scripts/nix-conf
 NODE  ?= node
 BUILD := build
-DEV   := $(NODE) $(BUILD)/test/lib/devenv.js
+DEV   := $(NODE) $(BUILD)/devenv/main.js
 
 .PHONY: all setup build test demo run-hello run-redis start-containerd \
         start-nix-snapshotter stop clean bench nsenter
@@ -31,7 +32,7 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-$(BUILD)/.stamp: $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json package.json
+$(BUILD)/.stamp: $(shell find src devenv test bench -name '*.ts' 2>/dev/null) tsconfig.json package.json
 	@npx tsc -p tsconfig.json
 	@chmod +x $(BUILD)/src/cli/*.js
 	@touch $@
@@ -48,7 +49,7 @@ start-nix-snapshotter: build
 	@$(DEV) start-nix-snapshotter
 
 stop:
-	@if [ -f $(BUILD)/test/lib/devenv.js ]; then $(DEV) stop; fi
+	@if [ -f $(BUILD)/devenv/main.js ]; then $(DEV) stop; fi
 
 run-hello: build
 	@$(DEV) run-hello

@@ -65,8 +65,8 @@ let
     nativeBuildInputs = [ python3 makeWrapper ];
     env.npm_config_build_from_source = "true";
 
-    # `npm run build` (tsc). tsconfig.json also names test/ and bench/,
-    # which are not part of src: only src/ is compiled.
+    # `npm run build` (tsc). tsconfig.json also names devenv/, test/ and
+    # bench/, which are not part of src: only src/ is compiled.
     npmBuildScript = "build";
 
     postInstall = ''

@@ -6,9 +6,10 @@
 # its binaries run on bookworm.
 #
 # apt sees sid only through a private configuration under build/apt-sid
-# (its own sources, lists and cache, with a pin of -1 on sid so nothing can
-# be installed from it even by mistake); the system's apt sources are left
-# alone. `apt-get download` fetches the .deb, `dpkg -x` unpacks it.
+# (scripts/lib/apt-suite.sh: its own sources, lists and cache, with a pin of
+# -1 on sid so nothing can be installed from it even by mistake); the
+# system's apt sources are left alone. `apt-get download` fetches the .deb,
+# `dpkg -x` unpacks it.
 # Idempotent: when build/containerd-2 holds a containerd 2.x it does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,29 +23,10 @@ if [ -x "$bin" ] && [ "$(major "$bin")" -ge 2 ] 2>/dev/null; then
   exit 0
 fi
 
+. scripts/lib/apt-suite.sh
 apt_dir=$PWD/build/apt-sid
-mkdir -p "$apt_dir/sources" "$apt_dir/preferences" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-cat > "$apt_dir/sources/sid.sources" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-cat > "$apt_dir/preferences/sid" <<'PIN'
-Package: *
-Pin: release n=sid
-Pin-Priority: -1
-PIN
-apt_opts=(
-  -o "Dir::Etc::SourceList=/dev/null"
-  -o "Dir::Etc::SourceParts=$apt_dir/sources"
-  -o "Dir::Etc::PreferencesParts=$apt_dir/preferences"
-  -o "Dir::State::Lists=$apt_dir/lists"
-  -o "Dir::Cache=$apt_dir/cache"
-  # The download lands in a directory the _apt user may not write.
-  -o "APT::Sandbox::User=$(id -un)"
-)
+apt_suite "$apt_dir" sid
+apt_opts=("${APT_SUITE_OPTS[@]}")
 
 echo "setup: fetching containerd 2.x from Debian sid into $dest (not installed)"
 apt-get "${apt_opts[@]}" update -qq

@@ -18,11 +18,12 @@ if [ ${#files[@]} -eq 0 ]; then
   mapfile -t files < <(find build/test -name '*.test.js' | sort)
 fi
 
-# Files that run a containerd: they use the harness (test/lib/containerd.ts)
-# or the development environment (test/lib/devenv.ts) that starts one.
+# Files that run a containerd: they use the private containerd
+# (devenv/containerd.ts) or the development environment (devenv/main.ts)
+# that starts one.
 containerd_files=()
 for f in "${files[@]}"; do
-  grep -qE 'lib/(containerd|devenv)\.js' "$f" && containerd_files+=("$f")
+  grep -qE 'devenv/(containerd|main)\.js' "$f" && containerd_files+=("$f")
 done
 
 # Tests start daemons and mount filesystems: one file at a time keeps them
@@ -53,7 +54,7 @@ sum() { echo "$summaries" | grep -oE "$1: [0-9]+" | grep -oE '[0-9]+' | awk '{s+
 pass=$(sum pass); fail=$(sum fail); skip=$(sum skip)
 # SKIP lines printed by tests that could not run here, with their reasons.
 grep -E '^\s*SKIP: ' "$out" | sed 's/^\s*//' | sort -u
-# Which containerd versions the tests ran (printed by test/lib/containerd.ts).
+# Which containerd versions the tests ran (printed by devenv/containerd.ts).
 versions=$(grep -oE '^\s*CONTAINERD: .*' "$out" | sed 's/^\s*CONTAINERD: //' | sort -u | paste -sd, - | sed 's/,/, /g')
 echo "containerd versions tested: ${versions:-none}"
 if [ "$(echo "$summaries" | grep -c .)" -lt "$ran" ]; then

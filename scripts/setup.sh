@@ -8,6 +8,7 @@
 # Idempotent: a second run installs nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/apt-suite.sh
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
@@ -43,18 +44,8 @@ if ! have_containerd17 || ! have_runsc || [ ${#missing[@]} -gt 0 ]; then
   if { ! have_containerd17 || ! have_runsc; } && [ ! -f /etc/apt/sources.list.d/nix-snapshotter-trixie.sources ]; then
     # containerd 1.7 honours Mount.target; bookworm ships 1.6. Take only
     # containerd and runsc from trixie: the low pin keeps libc and everything else.
-    cat > /etc/apt/sources.list.d/nix-snapshotter-trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    cat > /etc/apt/preferences.d/nix-snapshotter-trixie <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
+    apt_suite_sources trixie > /etc/apt/sources.list.d/nix-snapshotter-trixie.sources
+    apt_suite_pin trixie 100 > /etc/apt/preferences.d/nix-snapshotter-trixie
   fi
   apt-get update -qq
   pkgs=("${missing[@]}")

@@ -9,7 +9,7 @@ import { execFile } from "node:child_process";
 import { lstatSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { REPO } from "../../test/lib/daemon.js";
+import { REPO } from "../../devenv/daemon.js";
 import { closureOf, nonce, prelude } from "../../test/lib/nix.js";
 
 const exec = promisify(execFile);

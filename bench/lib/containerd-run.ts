@@ -9,7 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { setTimeout as sleep } from "node:timers/promises";
 import { grpcTarget } from "../../src/containerd/snapshots.js";
-import { type Containerd, killTasks } from "../../test/lib/containerd.js";
+import { type Containerd, killTasks } from "../../devenv/containerd.js";
 import { msBetween, now } from "./stats.js";
 
 /** Children started by this module and still running, by PID. */

@@ -5,7 +5,9 @@
 # packaged Go sources of containerd 1.7 and of the packages it imports, and
 # Debian's Go toolchain, are fetched with `apt-get download` and unpacked
 # under the cache directory; the program is built in GOPATH mode
-# (GO111MODULE=off, GOPROXY=off) from those sources alone.
+# (GO111MODULE=off, GOPROXY=off) from those sources alone. apt sees trixie
+# through a private configuration (scripts/lib/apt-suite.sh), so the
+# system's apt sources need not list it.
 #
 #   bash bench/snapshotter/go-proxy.sh [CACHE_DIR]    (default build/go-proxy)
 #
@@ -19,6 +21,7 @@
 # CGO_ENABLED=0), so only those are unpacked, and nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/lib/apt-suite.sh
 
 cache=$(realpath -m "${1:-build/go-proxy}")
 src=bench/snapshotter/go-proxy/main.go
@@ -42,19 +45,17 @@ stamp="$cache/root/.packages"
 want=$(printf '%s\n' "${PKGS[@]}")
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  if ! apt-cache show golang-github-containerd-containerd-dev/trixie >/dev/null 2>&1; then
-    apt-get update -qq || true
-    if ! apt-cache show golang-github-containerd-containerd-dev/trixie >/dev/null 2>&1; then
-      # scripts/setup.sh adds the trixie source (pinned low) for containerd.
-      echo "go-proxy.sh: apt knows no trixie suite (containerd's Go sources are packaged there); add it as scripts/setup.sh does" >&2
-      exit 1
-    fi
+  # trixie through a private apt configuration: the system's apt is left alone.
+  apt_suite "$cache/apt-trixie" trixie
+  if ! apt-get "${APT_SUITE_OPTS[@]}" update -qq; then
+    echo "go-proxy.sh: cannot read Debian trixie's package lists (containerd's Go sources are packaged there)" >&2
+    exit 1
   fi
   rm -rf "$cache/debs" "$cache/root"
   mkdir -p "$cache/debs" "$cache/root"
-  (cd "$cache/debs" && apt-get download -qq -o APT::Sandbox::User=root "${PKGS[@]/%//trixie}" >/dev/null)
+  (cd "$cache/debs" && apt-get "${APT_SUITE_OPTS[@]}" download -qq "${PKGS[@]/%//trixie}" >/dev/null)
   for deb in "$cache"/debs/*.deb; do dpkg-deb -x "$deb" "$cache/root"; done
-  rm -rf "$cache/debs"
+  rm -rf "$cache/debs" "$cache/apt-trixie"
   printf '%s\n' "$want" > "$stamp"
 fi
 

@@ -9,10 +9,11 @@ import { InvalidArgumentError } from "../errors.js";
 import { NIX_CLOSURE_LABEL, nixLayerFromLabels, parseClosureFile } from "../nix/labels.js";
 import { validateLabels } from "../snapshotter/label-limits.js";
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from "../nix/store-path.js";
-import { DEFAULT_CREATED, type LayerInput, writeImageArchive, type WrittenImage } from "./archive.js";
+import { DEFAULT_CREATED, type LayerInput, writeImageArchive, type WrittenImage } from "./archive-writer.js";
 import { type BaseImage, mergeContainerConfig, readBaseImage } from "./from-image.js";
 import { buildLayer } from "./layer.js";
-import { copyToRootEntries, defaultNixRef, mountpointEntries, nixLayerAnnotations, parseImageConfig } from "./nix-image.js";
+import { copyToRootEntries, mountpointEntries, nixLayerAnnotations, parseImageConfig } from "./nix-image.js";
+import { defaultNixRef } from "./reference.js";
 
 export interface BuildOptions {
   /** JSON file with the image config ("config" object of the OCI image config). */

@@ -8,7 +8,7 @@
  * base image on the node.
  */
 import { type ImageArchive, openImageArchive } from "./archive.js";
-import type { PrebuiltLayerInput } from "./archive.js";
+import type { PrebuiltLayerInput } from "./archive-writer.js";
 import {
   type ContainerConfig,
   goArch,

@@ -12,16 +12,9 @@ import { lstat, readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { InvalidArgumentError } from "../errors.js";
 import { NIX_CLOSURE_LABEL, NIX_LAYER_LABEL, NIX_STORE_PATH_LABEL_PREFIX } from "../nix/labels.js";
-import { parseStorePath, type StorePath } from "../nix/store-path.js";
+import type { StorePath } from "../nix/store-path.js";
 import type { LayerEntry } from "./layer.js";
 import type { ContainerConfig } from "./oci.js";
-
-/** The reference prefix of images resolved from the Nix store (port 0 never collides with a registry). */
-export const NIX_REF_PREFIX = "nix:0";
-
-export function defaultNixRef(archivePath: string): string {
-  return `${NIX_REF_PREFIX}${path.resolve(archivePath)}:latest`;
-}
 
 /** Mountpoints for every store path: a directory, or an empty file. */
 export async function mountpointEntries(storePaths: readonly StorePath[]): Promise<LayerEntry[]> {
@@ -148,39 +141,4 @@ function checkType(key: string, v: unknown, source: string): void {
       if (typeof v !== "object" || Array.isArray(v)) fail("an object");
       break;
   }
-}
-
-/** A reference resolved from the Nix store: the archive's store path and the canonical name. */
-export interface NixImageRef {
-  archive: StorePath;
-  /** nix:0<archive>:latest, the name the image is stored under. */
-  name: string;
-}
-
-export function isNixImageRef(ref: string): boolean {
-  return ref.startsWith(NIX_REF_PREFIX + "/");
-}
-
-/**
- * Parses `nix:0/nix/store/<hash>-<name>.tar`, optionally with `:latest`
- * (kubelet adds it to a reference without a tag). Port 0 cannot be bound,
- * so such a reference never names a real registry.
- */
-export function parseNixImageRef(ref: string): NixImageRef {
-  if (!isNixImageRef(ref)) throw new InvalidArgumentError(`${JSON.stringify(ref)} is not a nix image reference (nix:0/nix/store/<hash>-<name>.tar)`);
-  let p = ref.slice(NIX_REF_PREFIX.length);
-  if (p.endsWith(":latest")) p = p.slice(0, -":latest".length);
-  if (p.includes(":") || p.includes("@")) {
-    throw new InvalidArgumentError(`nix image reference ${JSON.stringify(ref)}: only the tag "latest" is allowed, and no digest`);
-  }
-  let archive: StorePath;
-  try {
-    archive = parseStorePath(p);
-  } catch (err) {
-    throw new InvalidArgumentError(`nix image reference ${JSON.stringify(ref)}: ${(err as Error).message}`);
-  }
-  if (!archive.endsWith(".tar")) {
-    throw new InvalidArgumentError(`nix image reference ${JSON.stringify(ref)}: the store path must be an image archive (<hash>-<name>.tar)`);
-  }
-  return { archive, name: `${NIX_REF_PREFIX}${archive}:latest` };
 }

@@ -7,6 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import { endianness } from "node:os";
+import { refTag } from "./reference.js";
 
 // --- media types -----------------------------------------------------------
 
@@ -23,12 +24,10 @@ export const MEDIA_TYPE_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar
  * aliases of the OCI types (images.IsLayerType / IsManifestType), and images
  * pulled from Docker Hub or loaded from `docker save` still carry them.
  */
-export const MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
-export const MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
-export const MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json";
+const MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
+const MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
 export const MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar";
 export const MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-export const MEDIA_TYPE_DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
 export function isManifestMediaType(mt: string | undefined): boolean {
   return mt === MEDIA_TYPE_OCI_MANIFEST || mt === MEDIA_TYPE_DOCKER_MANIFEST;
@@ -36,17 +35,6 @@ export function isManifestMediaType(mt: string | undefined): boolean {
 
 export function isIndexMediaType(mt: string | undefined): boolean {
   return mt === MEDIA_TYPE_OCI_INDEX || mt === MEDIA_TYPE_DOCKER_MANIFEST_LIST;
-}
-
-export function isLayerMediaType(mt: string | undefined): boolean {
-  return (
-    mt === MEDIA_TYPE_OCI_LAYER ||
-    mt === MEDIA_TYPE_OCI_LAYER_GZIP ||
-    mt === MEDIA_TYPE_OCI_LAYER_ZSTD ||
-    mt === MEDIA_TYPE_DOCKER_LAYER ||
-    mt === MEDIA_TYPE_DOCKER_LAYER_GZIP ||
-    mt === MEDIA_TYPE_DOCKER_LAYER_FOREIGN_GZIP
-  );
 }
 
 // --- annotations -----------------------------------------------------------
@@ -147,6 +135,33 @@ export interface ImageConfig {
 }
 
 // --- helpers ---------------------------------------------------------------
+
+/** A JSON document as written here: compact, UTF-8 (its digest is the digest of these bytes). */
+export function jsonBytes(v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v), "utf8");
+}
+
+/**
+ * An index naming one manifest. Both name annotations are set: containerd's
+ * importer takes io.containerd.image.name as the image name and falls back to
+ * ref.name; OCI tools (skopeo's oci: transport) look images up by ref.name.
+ */
+export function singleImageIndex(digest: string, size: number, platform: Platform, ref: string | undefined): Index {
+  const annotations: Record<string, string> = {};
+  if (ref !== undefined) {
+    annotations[ANNOTATION_CONTAINERD_IMAGE_NAME] = ref;
+    const tag = refTag(ref);
+    if (tag !== undefined) annotations[ANNOTATION_REF_NAME] = tag;
+  }
+  const desc: Descriptor = {
+    mediaType: MEDIA_TYPE_OCI_MANIFEST,
+    digest,
+    size,
+    ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
+    platform,
+  };
+  return { schemaVersion: 2, mediaType: MEDIA_TYPE_OCI_INDEX, manifests: [desc] };
+}
 
 /** The OCI digest string ("sha256:<hex>") of some bytes. */
 export function sha256Digest(buf: Buffer | Uint8Array | string): string {

@@ -35,7 +35,8 @@ import { type ImageArchive, openImageArchive } from "./archive.js";
 import { BlobLocations, blobLocationsFile } from "./blob-locations.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";
-import { loadCredentials, parseRegistryRef } from "./registry-auth.js";
+import { parseRegistryRef } from "./reference.js";
+import { loadCredentials } from "./registry-auth.js";
 import { PushError, RegistryClient, registryErrorText, type Response, TransientError } from "./registry-client.js";
 import { readSource } from "./tar-index.js";
 

@@ -1,11 +1,6 @@
 /**
- * Registry references and credentials for `nix2container push`.
- *
- * References follow the docker/distribution grammar loosely: the first
- * path component is a registry host when it contains "." or ":" or is
- * "localhost" (127.0.0.1:5000/hello:latest, ghcr.io/o/x:1); otherwise the
- * registry is Docker Hub, whose API lives at registry-1.docker.io and whose
- * one-component names live under library/. Tag defaults to "latest".
+ * Registry credentials for `nix2container push` (the references themselves
+ * are parsed in reference.ts).
  *
  * Credentials come from the docker CLI's config file,
  * $DOCKER_CONFIG/config.json or ~/.docker/config.json, in the docker CLI's
@@ -32,55 +27,9 @@ import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { InvalidArgumentError } from "../errors.js";
+import { DOCKER_HUB, DOCKER_HUB_API_HOST } from "./reference.js";
 
-export const DOCKER_HUB = "docker.io";
-export const DOCKER_HUB_API_HOST = "registry-1.docker.io";
 const DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/";
-
-export interface RegistryRef {
-  /** host[:port] as written (docker.io for Docker Hub). */
-  registry: string;
-  /** The host[:port] the API is served on. */
-  apiHost: string;
-  /** Repository path, e.g. "hello" or "library/redis". */
-  repository: string;
-  /** Tag or digest the manifest is put under. */
-  reference: string;
-}
-
-const REPO_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
-const TAG = /^[\w][\w.-]{0,127}$/;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
-
-export function parseRegistryRef(ref: string): RegistryRef {
-  const bad = (why: string) => new InvalidArgumentError(`invalid image reference ${JSON.stringify(ref)}: ${why}`);
-  if (ref.startsWith("nix:0/")) throw bad("a nix:0 reference names an archive in the Nix store, not a registry; pass REGISTRY/NAME:TAG");
-  let rest = ref;
-  let reference = "latest";
-  const at = rest.indexOf("@");
-  if (at !== -1) {
-    reference = rest.slice(at + 1);
-    rest = rest.slice(0, at);
-    if (!DIGEST.test(reference)) throw bad("the digest must be sha256:<64 hex digits>");
-  } else {
-    const colon = rest.lastIndexOf(":");
-    if (colon > rest.lastIndexOf("/")) {
-      reference = rest.slice(colon + 1);
-      rest = rest.slice(0, colon);
-      if (!TAG.test(reference)) throw bad(`invalid tag ${JSON.stringify(reference)}`);
-    }
-  }
-  const parts = rest.split("/");
-  let registry = DOCKER_HUB;
-  if (parts.length > 1 && (parts[0]!.includes(".") || parts[0]!.includes(":") || parts[0] === "localhost")) {
-    registry = parts.shift()!;
-  }
-  if (registry === DOCKER_HUB && parts.length === 1) parts.unshift("library");
-  if (parts.length === 0 || !parts.every((p) => REPO_COMPONENT.test(p))) {
-    throw bad("the repository must be lowercase components separated by /");
-  }
-  return { registry, apiHost: registry === DOCKER_HUB ? DOCKER_HUB_API_HOST : registry, repository: parts.join("/"), reference };
-}
 
 export interface Credentials {
   username: string;
@@ -154,7 +103,7 @@ export async function loadCredentials(registry: string, env: NodeJS.ProcessEnv =
  * (the helpers print "credentials not found in native keychain" and exit 1)
  * is no credentials; any other failure is an error naming the helper.
  */
-export async function runCredentialHelper(helper: string, serverUrl: string, env: NodeJS.ProcessEnv = process.env): Promise<Credentials | undefined> {
+async function runCredentialHelper(helper: string, serverUrl: string, env: NodeJS.ProcessEnv = process.env): Promise<Credentials | undefined> {
   const program = `docker-credential-${helper}`;
   const { code, stdout, error } = await new Promise<{ code: number | null; stdout: string; error?: Error }>((resolve) => {
     const child = spawn(program, ["get"], { env, stdio: ["pipe", "pipe", "pipe"] });

@@ -12,7 +12,8 @@
  */
 import http from "node:http";
 import https from "node:https";
-import { basicAuth, type Credentials, credentialsAllowed, parseChallenge, type RegistryRef } from "./registry-auth.js";
+import type { RegistryRef } from "./reference.js";
+import { basicAuth, type Credentials, credentialsAllowed, parseChallenge } from "./registry-auth.js";
 import type { BlobSource } from "./tar-index.js";
 
 /** Why a push stopped; the CLI prints the message as its one error line. */

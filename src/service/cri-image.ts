@@ -8,7 +8,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { isNixImageRef } from "../image/nix-image.js";
+import { isNixImageRef } from "../image/reference.js";
 import type { Logger } from "../log.js";
 import { grpcTarget } from "../containerd/snapshots.js";
 import { PROTO_DIR } from "./proto.js";

@@ -25,7 +25,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { type FileHandle, mkdtemp, open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { FailedPreconditionError, NotFoundError, SnapshotterError, UnavailableError } from "../errors.js";
-import { parseNixImageRef } from "../image/nix-image.js";
+import { parseNixImageRef } from "../image/reference.js";
 import type { Logger } from "../log.js";
 import { type Realiser, summariseStderr } from "../nix/realise.js";
 import type { NixPuller } from "./cri-image.js";

@@ -6,7 +6,7 @@ import path from "node:path";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
-import { startDaemonProcess } from "../lib/daemon.js";
+import { startDaemonProcess } from "../../devenv/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { runSuite } from "../lib/suite.js";
 

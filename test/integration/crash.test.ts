@@ -10,7 +10,7 @@ import path from "node:path";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { CancelledError, UnavailableError } from "../../src/errors.js";
-import { startDaemonProcess } from "../lib/daemon.js";
+import { startDaemonProcess } from "../../devenv/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 

@@ -9,7 +9,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { DAEMON_BIN, startDaemonProcess } from "../lib/daemon.js";
+import { DAEMON_BIN, startDaemonProcess } from "../../devenv/daemon.js";
 import { skipReason } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 

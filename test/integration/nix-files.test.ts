@@ -16,7 +16,7 @@ import { parse as parseToml } from "smol-toml";
 import t from "tap";
 import { applyToml, defaultConfig } from "../../src/config/config.js";
 import { readImageArchive } from "../../src/image/archive.js";
-import { REPO } from "../lib/daemon.js";
+import { REPO } from "../../devenv/daemon.js";
 import { nonce } from "../lib/nix.js";
 import { have, requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";

@@ -16,10 +16,10 @@ import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync
 import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
-import { startContainerd, type Containerd } from "../lib/containerd.js";
+import { startContainerd, type Containerd } from "../../devenv/containerd.js";
 import { criClients, PAUSE, until, type CriClients } from "../lib/cri.js";
-import { REPO, startDaemonProcess, type DaemonProcess } from "../lib/daemon.js";
-import { buildFixtures, redisImage } from "../lib/images.js";
+import { REPO, startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
+import { buildFixtures, redisImage } from "../../devenv/images.js";
 import { isValid } from "../lib/nix.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";

@@ -1,7 +1,7 @@
 /**
  * Rootless: containerd and nix-snapshotter run by an ordinary user inside a
  * rootlesskit namespace, through the development environment's own code
- * (test/lib/devenv.js, what `make start-containerd` and friends run as a
+ * (devenv/main.ts, what `make start-containerd` and friends run as a
  * non-root user), with realisations and GC roots going through a Nix daemon
  * that root runs on a private socket.
  *
@@ -22,10 +22,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import t from "tap";
 import type { Test } from "tap";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { buildLayer } from "../../src/image/layer.js";
-import { announceContainerd, containerdBinaries } from "../lib/containerd.js";
-import { REPO, waitForSocket } from "../lib/daemon.js";
+import { announceContainerd, containerdBinaries } from "../../devenv/containerd.js";
+import { REPO, waitForSocket } from "../../devenv/daemon.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 import { freePort, tail } from "../lib/util.js";
@@ -135,12 +135,12 @@ if (
 
     // The user runs the compiled code; a checkout others cannot read (under /root, say) is copied.
     let repo = REPO;
-    if (!userCanRead(baseEnv, path.join(REPO, "build/test/lib/devenv.js"))) {
+    if (!userCanRead(baseEnv, path.join(REPO, "build/devenv/main.js"))) {
       repo = path.join(tmp.path, "checkout");
-      for (const p of ["package.json", "build/src", "build/test", "node_modules", "proto", "test/fixtures"]) cpSync(path.join(REPO, p), path.join(repo, p), { recursive: true, verbatimSymlinks: true });
+      for (const p of ["package.json", "build/src", "build/devenv", "node_modules", "proto", "test/fixtures"]) cpSync(path.join(REPO, p), path.join(repo, p), { recursive: true, verbatimSymlinks: true });
       t.comment(`the checkout is not readable by ${USER}: running a copy in ${repo}`);
     }
-    const devenvJs = path.join(repo, "build/test/lib/devenv.js");
+    const devenvJs = path.join(repo, "build/devenv/main.js");
 
     // A Nix daemon of our own, on a private socket, stopped by PID.
     const nixSocket = path.join(nixd, "socket");

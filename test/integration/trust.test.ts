@@ -22,7 +22,7 @@ import { AlreadyExistsError, CancelledError, FailedPreconditionError, InvalidArg
 import { MAX_STORE_PATH_LABELS } from "../../src/nix/labels.js";
 import { ExternalBuilderRealiser, NixStoreRealiser } from "../../src/nix/realise.js";
 import { SCHEMA_VERSION } from "../../src/snapshotter/metadata.js";
-import { REPO, startDaemonProcess } from "../lib/daemon.js";
+import { REPO, startDaemonProcess } from "../../devenv/daemon.js";
 import { closureOf, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { nixLabels, openNixSnapshotter } from "../lib/nix-layer.js";
 import { requireOrSkip } from "../lib/require.js";

@@ -7,10 +7,11 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { chmodSync, copyFileSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { writeImageArchive } from "../../src/image/archive.js";
-import { buildLayer, fileEntriesFromDir } from "../../src/image/layer.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
+import { buildLayer } from "../../src/image/layer.js";
 import { grpcTarget } from "../../src/containerd/snapshots.js";
 import { PROTO_DIR } from "../../src/service/proto.js";
+import { fileEntriesFromDir } from "./host-tree.js";
 
 const pkg = grpc.loadPackageDefinition(
   protoLoader.loadSync("cri/runtime/v1/runtime.proto", { keepCase: false, longs: Number, enums: String, defaults: true, includeDirs: [PROTO_DIR] }),

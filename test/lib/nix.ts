@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { REPO } from "./daemon.js";
+import { REPO } from "../../devenv/daemon.js";
 
 const run = promisify(execFile);
 

@@ -21,7 +21,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { UnavailableError, CancelledError } from "../../src/errors.js";
-import { startDaemonProcess, type DaemonProcess } from "./daemon.js";
+import { startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
 import { closureOf, nixBuild, prelude } from "./nix.js";
 import { nixLabels } from "./nix-layer.js";
 

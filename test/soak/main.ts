@@ -10,7 +10,7 @@
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { startDaemonProcess } from "../lib/daemon.js";
+import { startDaemonProcess } from "../../devenv/daemon.js";
 import { buildNixFixture, clientLoad, deleteFixture, killRounds, nixDeleteRace } from "../lib/soak.js";
 import { nonce } from "../lib/nix.js";
 import { tempDir } from "../lib/tmp.js";

@@ -4,7 +4,7 @@
  */
 import path from "node:path";
 import t from "tap";
-import { writeImageArchive } from "../../src/image/archive.js";
+import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { mergeContainerConfig, readBaseImage } from "../../src/image/from-image.js";
 import { buildLayer } from "../../src/image/layer.js";
 import { goArch, sha256Digest } from "../../src/image/oci.js";

@@ -9,17 +9,11 @@ import path from "node:path";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
 import t from "tap";
-import {
-  buildImage,
-  openImageArchive,
-  readImageArchive,
-  refTag,
-  withDefaultTag,
-  writeImageArchive,
-  type ImageInput,
-  type TarLayerInput,
-} from "../../src/image/archive.js";
-import { buildLayer, detectCompression, digestStream, gzip, packTar, type TarItem } from "../../src/image/layer.js";
+import { openImageArchive, readImageArchive } from "../../src/image/archive.js";
+import { buildImage, writeImageArchive, type ImageInput, type TarLayerInput } from "../../src/image/archive-writer.js";
+import { detectCompression, digestStream, gzip } from "../../src/image/compression.js";
+import { buildLayer } from "../../src/image/layer.js";
+import { packTar, type TarItem } from "../../src/image/tar-writer.js";
 import { bufferSource, fileRange, indexTar, readSource } from "../../src/image/tar-index.js";
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
@@ -81,17 +75,6 @@ async function sampleImage(ref = "docker.io/library/hello:1.0"): Promise<Omit<Im
     history: [{ created_by: "nix-snapshotter test" }, { created_by: "nix-snapshotter test" }],
   };
 }
-
-t.test("refTag and withDefaultTag follow containerd's reference rules", async (t) => {
-  t.equal(refTag("docker.io/library/foo:latest"), "latest");
-  t.equal(refTag("nix:0/nix/store/xxx-foo.tar:latest"), "latest");
-  t.equal(refTag("localhost:5000/foo"), undefined, "a port is not a tag");
-  t.equal(refTag("foo:1@sha256:" + "0".repeat(64)), "1");
-  t.equal(withDefaultTag("docker.io/library/foo"), "docker.io/library/foo:latest");
-  t.equal(withDefaultTag("localhost:5000/foo"), "localhost:5000/foo:latest");
-  t.equal(withDefaultTag("foo@sha256:" + "0".repeat(64)), "foo@sha256:" + "0".repeat(64));
-  t.throws(() => withDefaultTag("has space"), /invalid image reference/);
-});
 
 t.test("write then read gives the image back", async (t) => {
   const tmp = tempDir();

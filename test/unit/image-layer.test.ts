@@ -8,16 +8,10 @@ import { copyFile, chmod, link, mkdir, symlink, writeFile } from "node:fs/promis
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
-import {
-  buildLayer,
-  detectCompression,
-  fileEntriesFromDir,
-  gunzip,
-  gzip,
-  normaliseLayerPath,
-  streamTar,
-  type LayerEntry,
-} from "../../src/image/layer.js";
+import { detectCompression, gunzip, gzip } from "../../src/image/compression.js";
+import { buildLayer, normaliseLayerPath, type LayerEntry } from "../../src/image/layer.js";
+import { streamTar } from "../../src/image/tar-writer.js";
+import { fileEntriesFromDir } from "../lib/host-tree.js";
 import { tempDir } from "../lib/tmp.js";
 import { listTar } from "../lib/util.js";
 

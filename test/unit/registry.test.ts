@@ -1,5 +1,5 @@
 /**
- * The pure parts of push and load: references, docker config credentials,
+ * The pure parts of push and load: docker config credentials,
  * WWW-Authenticate challenges, registry error bodies, chain IDs and the
  * labels a layer's snapshot gets. (The protocols themselves are exercised
  * against a real registry and containerd in test/integration/push-load.)
@@ -10,28 +10,8 @@ import t from "tap";
 import { chainIds, snapshotLabels } from "../../src/containerd/unpack.js";
 import { sha256Digest } from "../../src/image/oci.js";
 import { registryErrorText } from "../../src/image/push.js";
-import { credentialsAllowed, dockerConfigDir, loadCredentials, parseChallenge, parseRegistryRef } from "../../src/image/registry-auth.js";
+import { credentialsAllowed, dockerConfigDir, loadCredentials, parseChallenge } from "../../src/image/registry-auth.js";
 import { tempDir } from "../lib/tmp.js";
-
-t.test("parseRegistryRef", async (t) => {
-  const cases: [string, string, string, string, string][] = [
-    // ref, registry, apiHost, repository, reference
-    ["127.0.0.1:5000/hello:latest", "127.0.0.1:5000", "127.0.0.1:5000", "hello", "latest"],
-    ["127.0.0.1:5000/hello", "127.0.0.1:5000", "127.0.0.1:5000", "hello", "latest"],
-    ["localhost/a/b:v1.2-x", "localhost", "localhost", "a/b", "v1.2-x"],
-    ["ghcr.io/me/hello:1", "ghcr.io", "ghcr.io", "me/hello", "1"],
-    ["hello", "docker.io", "registry-1.docker.io", "library/hello", "latest"],
-    ["me/hello:2", "docker.io", "registry-1.docker.io", "me/hello", "2"],
-    ["docker.io/redis", "docker.io", "registry-1.docker.io", "library/redis", "latest"],
-    [`r.example:443/x@sha256:${"a".repeat(64)}`, "r.example:443", "r.example:443", "x", `sha256:${"a".repeat(64)}`],
-  ];
-  for (const [ref, registry, apiHost, repository, reference] of cases) {
-    t.same(parseRegistryRef(ref), { registry, apiHost, repository, reference }, ref);
-  }
-  for (const bad of ["Hello", "127.0.0.1:5000/He llo", "x:bad tag", "x@sha256:123", "nix:0/nix/store/abc-x.tar:latest", "a//b"]) {
-    t.throws(() => parseRegistryRef(bad), { name: "InvalidArgumentError" }, `refuses ${JSON.stringify(bad)}`);
-  }
-});
 
 t.test("docker config credentials", async (t) => {
   const tmp = tempDir("nix2container-auth-");

@@ -4,13 +4,13 @@
  * $NIX_SNAPSHOTTER_DEV_DIR), started in the background and stopped by PID.
  *
  * Run as root it is rootful. Run as an ordinary user it is rootless: both
- * daemons run inside one rootlesskit namespace (test/lib/rootless.ts),
+ * daemons run inside one rootlesskit namespace (devenv/rootless.ts),
  * Nix work goes through the Nix daemon, containers run without cgroups of
  * their own (a user cannot create them without delegation), and run-redis
  * publishes its port on the host's 127.0.0.1.
  *
- * CONTAINERD=1.7|2 picks the containerd line (test/lib/containerd.ts);
- * RUNTIME=runsc runs the demo containers under gVisor (test/lib/gvisor.ts).
+ * CONTAINERD=1.7|2 picks the containerd line (devenv/containerd.ts);
+ * RUNTIME=runsc runs the demo containers under gVisor (devenv/gvisor.ts).
  *
  *   start-nix-snapshotter | start-containerd | stop | status
  *   run-hello | run-redis | demo | nsenter CMD... | ctr ARGS...
@@ -24,7 +24,7 @@ import { REPO, startDaemonProcess } from "./daemon.js";
 import { runscWrapper, type RunscNetwork } from "./gvisor.js";
 import { buildFixtures, helloImage, redisImage, waitForPong, type Fixtures } from "./images.js";
 import { attachRootlessNamespace, type RootlessNamespace, startRootlessNamespace, stopRootlessNamespace } from "./rootless.js";
-import { unmountBelow } from "./tmp.js";
+import { unmountBelow } from "./mounts.js";
 
 const run = promisify(execFile);
 

@@ -1,6 +1,7 @@
 /**
  * Starts the real nix-snapshotter daemon (the built CLI) as a child process
- * with private root and socket, for tests and benchmarks.
+ * with private root and socket, for the development environment, tests and
+ * benchmarks.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
@@ -8,7 +9,7 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-export const REPO = fileURLToPath(new URL("../../..", import.meta.url));
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 export const DAEMON_BIN = path.join(REPO, "build/src/cli/nix-snapshotter.js");
 
 export interface DaemonOptions {

@@ -8,7 +8,7 @@ import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_pro
 import { closeSync, createWriteStream, existsSync, mkdirSync, openSync, rmdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { goArch } from "../../src/image/oci.js";
+import { goArch } from "../src/image/oci.js";
 import { REPO, waitForSocket } from "./daemon.js";
 
 const run = promisify(execFile);
