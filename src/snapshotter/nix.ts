@@ -2,7 +2,8 @@
  * The Nix behaviour, as a decorator over the overlay snapshotter:
  *   - Prepare of a nix layer (label containerd.io/snapshot/nix-layer) reads
  *     its store paths from the labels, realises them with one Nix call and
- *     roots them under <root>/gcroots/<snapshot id>/;
+ *     roots them under <root>/gcroots/<snapshot id>/ (see realise.ts: only
+ *     the tops of a set already in the store need a root);
  *   - Mounts of any snapshot above nix layers add one read-only bind mount
  *     per store path of its chain, with a target inside the rootfs, after
  *     checking every one is in the store (never a bind of nothing);
