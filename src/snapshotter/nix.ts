@@ -1,5 +1,6 @@
 /**
- * The Nix behaviour, as a decorator over the overlay snapshotter:
+ * The Nix behaviour, as a decorator over the overlay snapshotter (through
+ * the LayerStore seam, layer-store.ts):
  *   - Prepare of a nix layer (label containerd.io/snapshot/nix-layer) reads
  *     its store paths from the labels, realises them with one Nix call and
  *     roots them under <root>/gcroots/<snapshot id>/ (see realise.ts: only
@@ -29,7 +30,8 @@ import { isNixLayer, MAX_CLOSURE_FILE_BYTES, nixLayerFromLabels, parseClosureFil
 import { queryRequisites, waitForGarbageCollector, type Realiser } from "../nix/realise.js";
 import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
 import { validateLabels, type MetaStore } from "./metadata.js";
-import { claimOrphanEntries, fsyncPath, removeDir, type OverlaySnapshotter } from "./overlay.js";
+import type { LayerStore } from "./layer-store.js";
+import { claimOrphanEntries, fsyncPath, removeDir } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 
 export interface NixOptions {
@@ -68,7 +70,7 @@ export class NixSnapshotter implements Snapshotter {
   /** Realisations in flight by snapshot id: close() stops them. */
   private readonly inflight = new Map<string, AbortController>();
 
-  private constructor(private readonly inner: OverlaySnapshotter, opts: NixOptions) {
+  private constructor(private readonly inner: LayerStore, opts: NixOptions) {
     this.gcrootsDir = path.join(inner.root, "gcroots");
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
     this.realiser = opts.realiser;
@@ -76,7 +78,7 @@ export class NixSnapshotter implements Snapshotter {
     this.ms = inner.metadata;
   }
 
-  static async wrap(inner: OverlaySnapshotter, opts: NixOptions): Promise<NixSnapshotter> {
+  static async wrap(inner: LayerStore, opts: NixOptions): Promise<NixSnapshotter> {
     const sn = new NixSnapshotter(inner, opts);
     await mkdir(sn.gcrootsDir, { recursive: true, mode: 0o700 });
     if (sn.ms.legacyImportPending()) await sn.importLegacyLayers();

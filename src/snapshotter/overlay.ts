@@ -52,7 +52,8 @@ import { parseFilters, snapshotAdaptor } from "./filters.js";
 import { MetaStore, type SnapshotRecord } from "./metadata.js";
 import { computeMounts, upperPath, type SnapshotPaths } from "./mounts.js";
 import { type OverlayDriver, overlayStyle, type OverlayStyle } from "./overlay-driver.js";
-import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
+import type { LayerStore } from "./layer-store.js";
+import type { CreateOptions, Info, Mount, Usage } from "./snapshotter.js";
 import { diskUsage } from "./usage.js";
 
 export interface OverlayOptions {
@@ -64,16 +65,13 @@ export interface OverlayOptions {
   logger?: Logger;
 }
 
-/** One link of a snapshot's chain, for decorators that need parents' labels. */
-export interface ChainLink {
-  id: string;
-  key: string;
-  labels: Record<string, string>;
-}
-
-export class OverlaySnapshotter implements Snapshotter {
+/**
+ * Serves the Snapshotter contract, and the LayerStore seam for the Nix
+ * decorator (layer-store.ts).
+ */
+export class OverlaySnapshotter implements LayerStore {
   readonly root: string;
-  readonly paths: SnapshotPaths;
+  private readonly paths: SnapshotPaths;
   private readonly ms: MetaStore;
   private readonly style: OverlayStyle;
   private readonly log: Logger;
@@ -193,11 +191,6 @@ export class OverlaySnapshotter implements Snapshotter {
     return this.ms.read(() => this.ms.getInfo(key).id);
   }
 
-  /** Every snapshot id in use. */
-  async ids(): Promise<Set<string>> {
-    return this.ms.read(() => this.ms.ids());
-  }
-
   /** The record (id, kind, parent ids) of an active snapshot or view. */
   async record(key: string): Promise<SnapshotRecord> {
     let rec = this.records.get(key);
@@ -206,11 +199,6 @@ export class OverlaySnapshotter implements Snapshotter {
       this.records.set(key, rec);
     }
     return rec;
-  }
-
-  /** The snapshot itself followed by its parents, nearest first. */
-  async chain(key: string): Promise<ChainLink[]> {
-    return this.ms.read(() => this.ms.chainLinks(key));
   }
 
   async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
