@@ -8,6 +8,11 @@
  * kinds, a parent must exist and be committed, only an active snapshot can be
  * committed, a snapshot with children cannot be removed, and a committed
  * snapshot keeps its id (and so its directory) when it changes name.
+ *
+ * Reads run as plain statements, outside any transaction: the daemon is
+ * the database's only writer and its statements run synchronously on one
+ * thread, so no write can land between the statements of a synchronous
+ * read (a Stat costs one statement, not three).
  */
 import Database from "better-sqlite3";
 import { chmodSync } from "node:fs";
@@ -188,16 +193,6 @@ export class MetaStore {
    */
   transaction<T>(fn: () => T): T {
     return this.runInTransaction.immediate(fn) as T;
-  }
-
-  /**
-   * A consistent read of several statements. The daemon is the database's
-   * only writer and its statements run synchronously on one thread, so a
-   * synchronous fn cannot interleave with a write: no transaction is needed,
-   * and a Stat costs one statement, not three.
-   */
-  read<T>(fn: () => T): T {
-    return fn();
   }
 
   private row(key: string): Row {

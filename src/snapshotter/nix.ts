@@ -101,7 +101,7 @@ export class NixSnapshotter implements Snapshotter {
   async commit(name: string, key: string, opts?: CreateOptions): Promise<void> {
     const id = await this.inner.idOf(key);
     // A layer only ever goes from preparing to ready, so a check now holds.
-    if (this.ms.read(() => this.ms.nixLayer(id))?.state === "preparing") {
+    if (this.ms.nixLayer(id)?.state === "preparing") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is still being prepared (its store paths are being realised)`);
     }
     // The store paths and roots stay with the id, which a commit keeps.
@@ -156,7 +156,7 @@ export class NixSnapshotter implements Snapshotter {
    */
   private claimOrphanRoots(): string[] {
     const entries = readdirSync(this.gcrootsDir);
-    const ids = this.ms.read(() => this.ms.ids());
+    const ids = this.ms.ids();
     return claimOrphanEntries(this.gcrootsDir, entries, (name) => ids.has(name), (name) => {
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
@@ -226,7 +226,7 @@ export class NixSnapshotter implements Snapshotter {
    * Prepare fail and unpacks again.
    */
   private async repairHalfPrepared(): Promise<void> {
-    for (const id of this.ms.read(() => this.ms.preparingNixLayers())) {
+    for (const id of this.ms.preparingNixLayers()) {
       this.log.warn("removing nix layer whose preparation was interrupted", { id });
       await this.inner.removeById(id);
       await removeDir(path.join(this.gcrootsDir, id), this.log);
@@ -342,7 +342,7 @@ export class NixSnapshotter implements Snapshotter {
   private layerPaths(id: string): readonly StorePath[] | null {
     const cached = this.storePaths.get(id);
     if (cached !== undefined) return cached;
-    const rec = this.ms.read(() => this.ms.nixLayer(id));
+    const rec = this.ms.nixLayer(id);
     if (rec === undefined) {
       this.storePaths.set(id, null);
       return null;
