@@ -18,7 +18,7 @@ export const NIX_STORE_BASENAME_LABEL_PREFIX = "containerd.io/snapshot/nix/store
 
 /**
  * The most store-path labels a layer without a nix-closure label may carry:
- * each is realised and rooted on its own, so the bound keeps a hostile image
+ * each may be realised and rooted on its own, so the bound keeps a hostile image
  * from making one Prepare do unbounded work. With nix-closure, one path is
  * rooted for the whole closure and the per-path labels only add to it;
  * then the metadata store's per-call label limits are the bound.

@@ -8,6 +8,11 @@
  * kinds, a parent must exist and be committed, only an active snapshot can be
  * committed, a snapshot with children cannot be removed, and a committed
  * snapshot keeps its id (and so its directory) when it changes name.
+ *
+ * Reads run as plain statements, outside any transaction: the daemon is
+ * the database's only writer and its statements run synchronously on one
+ * thread, so no write can land between the statements of a synchronous
+ * read (a Stat costs one statement, not three).
  */
 import Database from "better-sqlite3";
 import { chmodSync } from "node:fs";
@@ -156,15 +161,6 @@ export class MetaStore {
             FROM snapshots s JOIN chain ON s.id = chain.parent_id
         )
         SELECT id FROM chain WHERE depth > 0 ORDER BY depth`),
-      chainRows: db.prepare<[number], { id: number; key: string; labels: string }>(`
-        WITH RECURSIVE chain(id, parent_id, depth) AS (
-          SELECT id, parent_id, 0 FROM snapshots WHERE id = ?
-          UNION ALL
-          SELECT s.id, s.parent_id, chain.depth + 1
-            FROM snapshots s JOIN chain ON s.id = chain.parent_id
-        )
-        SELECT s.id, s.key, s.labels FROM chain JOIN snapshots s ON s.id = chain.id
-         WHERE chain.depth > 0 ORDER BY chain.depth`),
       hasChild: db.prepare<[number], { one: number }>(
         "SELECT 1 AS one FROM snapshots WHERE parent_id = ? LIMIT 1",
       ),
@@ -197,16 +193,6 @@ export class MetaStore {
    */
   transaction<T>(fn: () => T): T {
     return this.runInTransaction.immediate(fn) as T;
-  }
-
-  /**
-   * A consistent read of several statements. The daemon is the database's
-   * only writer and its statements run synchronously on one thread, so a
-   * synchronous fn cannot interleave with a write: no transaction is needed,
-   * and a Stat costs one statement, not three.
-   */
-  read<T>(fn: () => T): T {
-    return fn();
   }
 
   private row(key: string): Row {
@@ -375,16 +361,6 @@ export class MetaStore {
     validateLabels(next);
     this.stmts.setLabels.run(JSON.stringify(next), nowMicros(), row.id);
     return this.info(this.row(name));
-  }
-
-  /** The snapshot and its parents, nearest first, with their labels. */
-  chainLinks(key: string): { id: string; key: string; labels: Record<string, string> }[] {
-    const row = this.row(key);
-    const links = [{ id: String(row.id), key: row.key, labels: JSON.parse(row.labels) as Record<string, string> }];
-    for (const r of this.stmts.chainRows.all(row.id)) {
-      links.push({ id: String(r.id), key: r.key, labels: JSON.parse(r.labels) as Record<string, string> });
-    }
-    return links;
   }
 
   /** All snapshots, sorted by key. */

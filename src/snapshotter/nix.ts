@@ -1,8 +1,10 @@
 /**
- * The Nix behaviour, as a decorator over the overlay snapshotter:
+ * The Nix behaviour, as a decorator over the overlay snapshotter (through
+ * the LayerStore seam, layer-store.ts):
  *   - Prepare of a nix layer (label containerd.io/snapshot/nix-layer) reads
  *     its store paths from the labels, realises them with one Nix call and
- *     roots them under <root>/gcroots/<snapshot id>/;
+ *     roots them under <root>/gcroots/<snapshot id>/ (see realise.ts: only
+ *     the tops of a set already in the store need a root);
  *   - Mounts of any snapshot above nix layers add one read-only bind mount
  *     per store path of its chain, with a target inside the rootfs, after
  *     checking every one is in the store (never a bind of nothing);
@@ -28,7 +30,8 @@ import { isNixLayer, MAX_CLOSURE_FILE_BYTES, nixLayerFromLabels, parseClosureFil
 import { queryRequisites, waitForGarbageCollector, type Realiser } from "../nix/realise.js";
 import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
 import { validateLabels, type MetaStore } from "./metadata.js";
-import { claimOrphanEntries, fsyncPath, removeDir, type OverlaySnapshotter } from "./overlay.js";
+import type { LayerStore } from "./layer-store.js";
+import { claimOrphanEntries, fsyncPath, removeDir } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
 
 export interface NixOptions {
@@ -67,7 +70,7 @@ export class NixSnapshotter implements Snapshotter {
   /** Realisations in flight by snapshot id: close() stops them. */
   private readonly inflight = new Map<string, AbortController>();
 
-  private constructor(private readonly inner: OverlaySnapshotter, opts: NixOptions) {
+  private constructor(private readonly inner: LayerStore, opts: NixOptions) {
     this.gcrootsDir = path.join(inner.root, "gcroots");
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
     this.realiser = opts.realiser;
@@ -75,7 +78,7 @@ export class NixSnapshotter implements Snapshotter {
     this.ms = inner.metadata;
   }
 
-  static async wrap(inner: OverlaySnapshotter, opts: NixOptions): Promise<NixSnapshotter> {
+  static async wrap(inner: LayerStore, opts: NixOptions): Promise<NixSnapshotter> {
     const sn = new NixSnapshotter(inner, opts);
     await mkdir(sn.gcrootsDir, { recursive: true, mode: 0o700 });
     if (sn.ms.legacyImportPending()) await sn.importLegacyLayers();
@@ -98,7 +101,7 @@ export class NixSnapshotter implements Snapshotter {
   async commit(name: string, key: string, opts?: CreateOptions): Promise<void> {
     const id = await this.inner.idOf(key);
     // A layer only ever goes from preparing to ready, so a check now holds.
-    if (this.ms.read(() => this.ms.nixLayer(id))?.state === "preparing") {
+    if (this.ms.nixLayer(id)?.state === "preparing") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is still being prepared (its store paths are being realised)`);
     }
     // The store paths and roots stay with the id, which a commit keeps.
@@ -153,7 +156,7 @@ export class NixSnapshotter implements Snapshotter {
    */
   private claimOrphanRoots(): string[] {
     const entries = readdirSync(this.gcrootsDir);
-    const ids = this.ms.read(() => this.ms.ids());
+    const ids = this.ms.ids();
     return claimOrphanEntries(this.gcrootsDir, entries, (name) => ids.has(name), (name) => {
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
@@ -223,7 +226,7 @@ export class NixSnapshotter implements Snapshotter {
    * Prepare fail and unpacks again.
    */
   private async repairHalfPrepared(): Promise<void> {
-    for (const id of this.ms.read(() => this.ms.preparingNixLayers())) {
+    for (const id of this.ms.preparingNixLayers()) {
       this.log.warn("removing nix layer whose preparation was interrupted", { id });
       await this.inner.removeById(id);
       await removeDir(path.join(this.gcrootsDir, id), this.log);
@@ -339,7 +342,7 @@ export class NixSnapshotter implements Snapshotter {
   private layerPaths(id: string): readonly StorePath[] | null {
     const cached = this.storePaths.get(id);
     if (cached !== undefined) return cached;
-    const rec = this.ms.read(() => this.ms.nixLayer(id));
+    const rec = this.ms.nixLayer(id);
     if (rec === undefined) {
       this.storePaths.set(id, null);
       return null;

@@ -52,7 +52,8 @@ import { parseFilters, snapshotAdaptor } from "./filters.js";
 import { MetaStore, type SnapshotRecord } from "./metadata.js";
 import { computeMounts, upperPath, type SnapshotPaths } from "./mounts.js";
 import { type OverlayDriver, overlayStyle, type OverlayStyle } from "./overlay-driver.js";
-import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
+import type { LayerStore } from "./layer-store.js";
+import type { CreateOptions, Info, Mount, Usage } from "./snapshotter.js";
 import { diskUsage } from "./usage.js";
 
 export interface OverlayOptions {
@@ -64,16 +65,13 @@ export interface OverlayOptions {
   logger?: Logger;
 }
 
-/** One link of a snapshot's chain, for decorators that need parents' labels. */
-export interface ChainLink {
-  id: string;
-  key: string;
-  labels: Record<string, string>;
-}
-
-export class OverlaySnapshotter implements Snapshotter {
+/**
+ * Serves the Snapshotter contract, and the LayerStore seam for the Nix
+ * decorator (layer-store.ts).
+ */
+export class OverlaySnapshotter implements LayerStore {
   readonly root: string;
-  readonly paths: SnapshotPaths;
+  private readonly paths: SnapshotPaths;
   private readonly ms: MetaStore;
   private readonly style: OverlayStyle;
   private readonly log: Logger;
@@ -141,7 +139,7 @@ export class OverlaySnapshotter implements Snapshotter {
   async stat(key: string): Promise<Info> {
     let info = this.infos.get(key);
     if (!info) {
-      info = this.ms.read(() => this.ms.getInfo(key).info);
+      info = this.ms.getInfo(key).info;
       this.infos.set(key, info);
     }
     return info;
@@ -164,7 +162,7 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async usage(key: string): Promise<Usage> {
-    const { id, info, usage } = this.ms.read(() => this.ms.getInfo(key));
+    const { id, info, usage } = this.ms.getInfo(key);
     // Committed: recorded at commit. Active: measured now. View: nothing of
     // its own (containerd reports zero too).
     if (info.kind !== "active") return usage;
@@ -190,27 +188,17 @@ export class OverlaySnapshotter implements Snapshotter {
 
   /** The id (directory name) of any snapshot. */
   async idOf(key: string): Promise<string> {
-    return this.ms.read(() => this.ms.getInfo(key).id);
-  }
-
-  /** Every snapshot id in use. */
-  async ids(): Promise<Set<string>> {
-    return this.ms.read(() => this.ms.ids());
+    return this.ms.getInfo(key).id;
   }
 
   /** The record (id, kind, parent ids) of an active snapshot or view. */
   async record(key: string): Promise<SnapshotRecord> {
     let rec = this.records.get(key);
     if (!rec) {
-      rec = this.ms.read(() => this.ms.getSnapshot(key));
+      rec = this.ms.getSnapshot(key);
       this.records.set(key, rec);
     }
     return rec;
-  }
-
-  /** The snapshot itself followed by its parents, nearest first. */
-  async chain(key: string): Promise<ChainLink[]> {
-    return this.ms.read(() => this.ms.chainLinks(key));
   }
 
   async prepare(key: string, parent: string, opts: CreateOptions = {}): Promise<Mount[]> {
@@ -225,7 +213,7 @@ export class OverlaySnapshotter implements Snapshotter {
     // Measure outside the transaction (it walks the tree), then commit.
     // containerd does the same walk; an active snapshot is not written to
     // while it is being committed.
-    const { id, info } = this.ms.read(() => this.ms.getInfo(key));
+    const { id, info } = this.ms.getInfo(key);
     if (info.kind !== "active") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is not active`);
     }
@@ -279,7 +267,7 @@ export class OverlaySnapshotter implements Snapshotter {
 
   async walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {
     const match = parseFilters(filters);
-    const infos = this.ms.read(() => this.ms.list());
+    const infos = this.ms.list();
     for (const info of infos) {
       if (match(snapshotAdaptor(info))) await fn(info);
     }
@@ -296,7 +284,7 @@ export class OverlaySnapshotter implements Snapshotter {
    */
   private claimOrphans(): string[] {
     const entries = readdirSync(this.paths.snapshotsDir);
-    const ids = this.ms.read(() => this.ms.ids());
+    const ids = this.ms.ids();
     const keep = (name: string) => ids.has(name) || this.pending.has(name);
     return claimOrphanEntries(this.paths.snapshotsDir, entries, keep, (name) =>
       this.log.info("reclaiming directory no snapshot references", { dir: name }),
@@ -373,7 +361,7 @@ export class OverlaySnapshotter implements Snapshotter {
   private inheritOwner(parent: string, dir: string): void {
     let st;
     try {
-      const parentId = this.ms.read(() => this.ms.getInfo(parent).id);
+      const parentId = this.ms.getInfo(parent).id;
       st = statSync(upperPath(this.paths, parentId));
     } catch {
       return; // a missing parent is reported by the transaction, with its code

@@ -4,13 +4,14 @@
  * hostile labels refused without a trace.
  */
 import { execFile } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
 import { InvalidArgumentError, FailedPreconditionError } from "../../src/errors.js";
-import { ExternalBuilderRealiser } from "../../src/nix/realise.js";
+import { ExternalBuilderRealiser, ROOT_TOPS_FROM } from "../../src/nix/realise.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
+import { REPO } from "../lib/daemon.js";
 import { withMounts } from "../lib/mount.js";
 import { closureOf, layerStorePaths, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { nixLabels, openNixSnapshotter } from "../lib/nix-layer.js";
@@ -60,7 +61,7 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
     t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
     const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
-    t.same(roots, ["root", "root-2", "root-3"], "one root link per store path");
+    t.same(roots, ["root", "root-2", "root-3"], "a small layer: one root link per store path");
     t.same(layerStorePaths(root, "1"), closure, "the layer's store paths recorded in the database");
     t.equal(await tryDelete([closure[0]!]), false, "a rooted path cannot be deleted");
     t.same(await unrootedBelow(closure, path.join(root, "gcroots")), [], "every path is kept alive by a root of the snapshot");
@@ -108,6 +109,50 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.same(await unrootedBelow(closure, root), closure, "no root of ours keeps any path alive now");
     // The fixture's closure file refers to the closure: it goes too.
     t.ok(await tryDelete([info, ...closure]), "and the garbage collector may delete the closure (nix-store --delete succeeds)");
+  });
+
+  t.test("per-path labels only, a large layer: the tops are rooted, and that pins every path until Remove", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const sn = await openNixSnapshotter(root);
+    t.teardown(() => sn.close());
+    // Four tops: app (-> lib -> data, and -> shared), tool (-> shared), a
+    // path that refers to itself and nothing else, and many.nix's top
+    // (-> 300 leaves). Enough paths that only tops are rooted.
+    const n = nonce();
+    const [app, tool, self, many] = await nixBuild(`${prelude(n)}
+      let data = mk "data" "echo data > $out";
+          shared = mk "shared" "echo shared > $out";
+          lib = mk "lib" "mkdir -p $out; echo ${"${data}"} > $out/ref";
+          app = mk "app" "mkdir -p $out; echo ${"${lib}"} ${"${shared}"} > $out/ref";
+          tool = mk "tool" "mkdir -p $out; echo ${"${shared}"} > $out/ref";
+          self = mk "self" "mkdir -p $out; echo $out > $out/me";
+      in [ app tool self (import ${path.join(REPO, "test/fixtures/nix/many.nix")} { n = 300; salt = nonce; }) ]`);
+    const small = [...new Set([...(await closureOf(app!)), ...(await closureOf(tool!)), self!])].sort();
+    const leaves = (await closureOf(many!)).filter((p) => p !== many);
+    const paths = [...small, many!, ...leaves].sort();
+    t.equal(paths.length, 307, "307 store paths: four tops, 303 below them");
+    t.ok(paths.length >= ROOT_TOPS_FROM, "enough for rooting only the tops");
+    t.teardown(() => tryDelete(paths));
+
+    await sn.prepare("extract", "", { labels: nixLabels(paths) });
+    const dir = path.join(root, "gcroots", "1");
+    const links = readdirSync(dir).sort();
+    t.same(links, ["root", "root-2", "root-3", "root-4"], "four root links, not 307");
+    t.same(links.map((l) => readlinkSync(path.join(dir, l))).sort(), [app, many, self, tool].sort(), "they point at the tops");
+    t.same(layerStorePaths(root, "1"), paths, "all 307 are the layer's store paths");
+    const sample = [...small, many!, leaves[0]!, leaves[150]!, leaves[299]!];
+    for (const p of sample) t.equal(await tryDelete([p]), false, `Nix's collector refuses to delete ${path.basename(p)}`);
+    t.same(await unrootedBelow(sample, dir), [], "each of them, top or not, is kept alive by a root of the layer");
+    t.equal(await tryDelete(paths), false, "the collector refuses the whole set");
+    t.same(paths.filter((p) => !existsSync(p)), [], "every path is still in the store");
+
+    await sn.commit("layer", "extract");
+    await sn.remove("layer");
+    t.notOk(existsSync(dir), "the roots went with the snapshot");
+    t.ok(await tryDelete(paths), "then the collector deletes the paths (nix-store --delete succeeds)");
+    t.same(paths.filter((p) => existsSync(p)), [], "and they are gone from the store");
   });
 
   t.test("nix-closure label: one path realised and rooted; basename labels", async (t) => {
