@@ -25,7 +25,7 @@ import { promisify } from "node:util";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { nixLayerAnnotations } from "../../src/image/nix-image.js";
 import type { StorePath } from "../../src/nix/store-path.js";
-import { REPO, startDaemonProcess, type DaemonProcess } from "../../test/lib/daemon.js";
+import { REPO, startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
 import { tempDir, type TempDir } from "../../test/lib/tmp.js";
 import { timeProcess } from "../lib/containerd-run.js";
 import { benchMain, benchOptions, fsType, removeStaleAutoRoots } from "../lib/harness.js";

@@ -11,7 +11,7 @@ import t from "tap";
 import { InvalidArgumentError, FailedPreconditionError } from "../../src/errors.js";
 import { ExternalBuilderRealiser, ROOT_TOPS_FROM } from "../../src/nix/realise.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
-import { REPO } from "../lib/daemon.js";
+import { REPO } from "../../devenv/daemon.js";
 import { withMounts } from "../lib/mount.js";
 import { closureOf, layerStorePaths, nixBuild, nonce, prelude, tryDelete, unrootedBelow } from "../lib/nix.js";
 import { nixLabels, openNixSnapshotter } from "../lib/nix-layer.js";
