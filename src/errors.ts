@@ -1,6 +1,6 @@
 /**
  * Typed errors of the core. They mirror containerd's errdefs so that the one
- * place that speaks gRPC (src/service/status.ts) can map each class to the
+ * place that speaks gRPC (src/wire/status.ts) can map each class to the
  * status code containerd maps back on its side; the core never sees a code.
  */
 export abstract class SnapshotterError extends Error {

@@ -3,11 +3,11 @@
  * namespace and the lease, both sent as gRPC metadata on every call
  * (containerd's namespaces/grpc.go reads `containerd-namespace`,
  * leases/grpc.go reads `containerd-lease`), and errors mapped back to the
- * core's typed errors (NotFound, AlreadyExists, ...) by src/service/status.ts.
+ * core's typed errors (NotFound, AlreadyExists, ...) by src/wire/status.ts.
  */
 import * as grpc from "@grpc/grpc-js";
-import { fromStatus } from "../service/status.js";
-import { grpcTarget } from "./snapshots.js";
+import { channelOptions, grpcTarget } from "../wire/channel.js";
+import { fromStatus } from "../wire/status.js";
 
 export const DEFAULT_CONTAINERD_ADDRESS = "/run/containerd/containerd.sock";
 export const DEFAULT_NAMESPACE = "default";
@@ -35,12 +35,7 @@ export class ServiceClient {
     ctor: grpc.ServiceClientConstructor,
     readonly ctx: ContainerdContext,
   ) {
-    // containerd accepts messages up to 16 MiB; a manifest with a huge
-    // closure in its annotations can come close.
-    this.client = new ctor(grpcTarget(ctx.address), grpc.credentials.createInsecure(), {
-      "grpc.max_receive_message_length": 64 * 1024 * 1024,
-      "grpc.max_send_message_length": 64 * 1024 * 1024,
-    });
+    this.client = new ctor(grpcTarget(ctx.address), grpc.credentials.createInsecure(), channelOptions());
   }
 
   unary<Res>(method: string, req: object): Promise<Res> {

@@ -5,15 +5,10 @@
  * namespace travels as gRPC metadata, as containerd's Go client sends it.
  */
 import * as grpc from "@grpc/grpc-js";
-import { snapshotsService } from "../service/proto.js";
-import { fromStatus } from "../service/status.js";
-import {
-  fromWireInfo,
-  fromWireMount,
-  toWireInfo,
-  type WireInfo,
-  type WireMount,
-} from "../service/snapshots.js";
+import { channelOptions, grpcTarget } from "../wire/channel.js";
+import { fromWireInfo, fromWireMount, fromWireUsage, toWireInfo, type WireInfo, type WireMount, type WireUsage } from "../wire/convert.js";
+import { snapshotsService } from "../wire/proto.js";
+import { fromStatus } from "../wire/status.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "../snapshotter/snapshotter.js";
 
 export interface SnapshotsClientOptions {
@@ -27,10 +22,6 @@ export interface SnapshotsClientOptions {
   ownConnection?: boolean;
 }
 
-export function grpcTarget(address: string): string {
-  return address.includes(":") && !address.startsWith("/") ? address : `unix:${address}`;
-}
-
 export class SnapshotsClient implements Snapshotter {
   private readonly client: grpc.Client;
   private readonly snapshotter: string;
@@ -38,10 +29,7 @@ export class SnapshotsClient implements Snapshotter {
 
   constructor(opts: SnapshotsClientOptions) {
     const Ctor = snapshotsService();
-    this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), {
-      "grpc.max_receive_message_length": 64 * 1024 * 1024,
-      ...(opts.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
-    });
+    this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), channelOptions(opts));
     this.snapshotter = opts.snapshotter ?? "";
     this.metadata = new grpc.Metadata();
     if (opts.namespace) this.metadata.set("containerd-namespace", opts.namespace);
@@ -77,8 +65,7 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async usage(key: string): Promise<Usage> {
-    const res = await this.call<{ size: number; inodes: number }>("Usage", { key });
-    return { size: Number(res.size), inodes: Number(res.inodes) };
+    return fromWireUsage(await this.call<WireUsage>("Usage", { key }));
   }
 
   async mounts(key: string): Promise<Mount[]> {

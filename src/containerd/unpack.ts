@@ -21,8 +21,8 @@
 import { randomBytes } from "node:crypto";
 import { AlreadyExistsError, NotFoundError } from "../errors.js";
 import { sha256Digest } from "../image/oci.js";
-import { snapshotsService } from "../service/proto.js";
-import type { WireMount } from "../service/snapshots.js";
+import { snapshotsService } from "../wire/proto.js";
+import type { WireMount } from "../wire/convert.js";
 import type { ContentClient } from "./content.js";
 import type { DiffClient } from "./diff.js";
 import { type ContainerdContext, ServiceClient, type WireDescriptor } from "./grpc.js";

@@ -1,6 +1,7 @@
 /**
- * The one place where core errors become gRPC status codes (and back). The
- * codes are those containerd's errdefs map to and from
+ * The one place where core errors become gRPC status codes (the server's
+ * replies) and status codes become core errors (every client's failures).
+ * The codes are those containerd's errdefs map to and from
  * (errdefs/grpc.go): containerd's unpacker, for one, relies on
  * AlreadyExists to skip a layer that is already there.
  */
