@@ -42,9 +42,3 @@ export class UnimplementedError extends SnapshotterError {
 export class CancelledError extends SnapshotterError {
   readonly kind = "cancelled" as const;
 }
-
-/** A message for humans: the error's own text, never a stack. */
-export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
-}

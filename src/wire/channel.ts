@@ -10,7 +10,7 @@ import type * as grpc from "@grpc/grpc-js";
  * a manifest with a huge closure in its annotations, or a Mounts response
  * for a thousand store paths, can come close.
  */
-export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 /** A unix socket path (or a grpc-js target such as "unix:/run/x.sock", "dns:host:port") as a grpc-js target. */
 export function grpcTarget(address: string): string {

@@ -58,7 +58,7 @@ export function lookup<T>(obj: grpc.GrpcObject, dotted: string): T {
 }
 
 /** The grpc-js client constructor (and, as .service, the definition) of a service in a .proto file. */
-export function serviceOf(file: string, service: string): grpc.ServiceClientConstructor {
+function serviceOf(file: string, service: string): grpc.ServiceClientConstructor {
   return lookup(loadProto(file), service);
 }
 
