@@ -12,7 +12,7 @@
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
-import { FailedPreconditionError, NotFoundError, SnapshotterError, UnavailableError } from "../errors.js";
+import { FailedPreconditionError, NotFoundError, KindedError, UnavailableError } from "../errors.js";
 import { parseNixImageRef } from "../image/nix-image.js";
 import type { Logger } from "../log.js";
 import type { Realiser } from "../nix/realise.js";
@@ -67,7 +67,7 @@ export class NixImagePuller implements NixPuller {
       try {
         await this.o.loader.load(archive, { namespace: this.o.namespace ?? "k8s.io", ref: name });
       } catch (err) {
-        if (err instanceof SnapshotterError) throw err;
+        if (err instanceof KindedError) throw err;
         throw new FailedPreconditionError(`loading ${archive} into containerd failed: ${(err as Error).message}`);
       }
       return await this.waitForId(name);

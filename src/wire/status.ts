@@ -12,7 +12,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
-  SnapshotterError,
+  KindedError,
   UnavailableError,
   UnimplementedError,
   type ErrorKind,
@@ -29,7 +29,7 @@ const CODE: Record<ErrorKind, grpc.status> = {
 };
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  if (err instanceof SnapshotterError) return { code: CODE[err.kind], details: err.message };
+  if (err instanceof KindedError) return { code: CODE[err.kind], details: err.message };
   const message = err instanceof Error ? err.message : String(err);
   return { code: grpc.status.UNKNOWN, details: message };
 }
