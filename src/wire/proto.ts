@@ -9,7 +9,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { fileURLToPath } from "node:url";
 
 /** proto/ sits three levels above build/src/wire/. */
-export const PROTO_DIR = fileURLToPath(new URL("../../../proto", import.meta.url));
+const PROTO_DIR = fileURLToPath(new URL("../../../proto", import.meta.url));
 
 const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false,
