@@ -20,9 +20,9 @@ export interface ContainerdContext {
   lease?: string;
 }
 
-export function callMetadata(ctx: ContainerdContext): grpc.Metadata {
+function callMetadata(ctx: ContainerdContext): grpc.Metadata {
   const md = new grpc.Metadata();
-  // A proxy snapshotter is served without one (containerd always sends it).
+  // containerd's services need a namespace; our daemon's does without.
   if (ctx.namespace) md.set("containerd-namespace", ctx.namespace);
   if (ctx.lease) md.set("containerd-lease", ctx.lease);
   return md;
@@ -30,7 +30,7 @@ export function callMetadata(ctx: ContainerdContext): grpc.Metadata {
 
 type Method = (...args: unknown[]) => unknown;
 
-/** A grpc-js client of one containerd service, with promise-returning unary calls. */
+/** A grpc-js client of one containerd service (or our daemon's snapshots service), with promise-returning calls. */
 export class ServiceClient {
   readonly client: grpc.Client;
 
