@@ -1,9 +1,13 @@
 /**
- * Typed errors of the core. They mirror containerd's errdefs so that the one
- * place that speaks gRPC (src/service/status.ts) can map each class to the
- * status code containerd maps back on its side; the core never sees a code.
+ * Typed errors of the core. Each carries a kind that mirrors containerd's
+ * errdefs: the one place that speaks gRPC (src/wire/status.ts) maps the
+ * kind to the status code containerd maps back on its side, and back again
+ * for a peer's reply; nix2container reads it for its exit code. The core
+ * never sees a code.
  */
-export abstract class SnapshotterError extends Error {
+
+/** An error carrying a gRPC-like kind. */
+export abstract class KindedError extends Error {
   abstract readonly kind: ErrorKind;
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -20,31 +24,25 @@ export type ErrorKind =
   | "unimplemented"
   | "cancelled";
 
-export class NotFoundError extends SnapshotterError {
+export class NotFoundError extends KindedError {
   readonly kind = "not-found" as const;
 }
-export class AlreadyExistsError extends SnapshotterError {
+export class AlreadyExistsError extends KindedError {
   readonly kind = "already-exists" as const;
 }
-export class FailedPreconditionError extends SnapshotterError {
+export class FailedPreconditionError extends KindedError {
   readonly kind = "failed-precondition" as const;
 }
-export class InvalidArgumentError extends SnapshotterError {
+export class InvalidArgumentError extends KindedError {
   readonly kind = "invalid-argument" as const;
 }
-export class UnavailableError extends SnapshotterError {
+export class UnavailableError extends KindedError {
   readonly kind = "unavailable" as const;
 }
-export class UnimplementedError extends SnapshotterError {
+export class UnimplementedError extends KindedError {
   readonly kind = "unimplemented" as const;
 }
 /** The caller gave up (cancelled or timed out); the work was stopped and undone. */
-export class CancelledError extends SnapshotterError {
+export class CancelledError extends KindedError {
   readonly kind = "cancelled" as const;
-}
-
-/** A message for humans: the error's own text, never a stack. */
-export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
 }

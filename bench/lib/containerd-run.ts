@@ -8,7 +8,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { setTimeout as sleep } from "node:timers/promises";
-import { grpcTarget } from "../../src/containerd/snapshots.js";
+import { grpcTarget } from "../../src/wire/channel.js";
 import { type Containerd, killTasks } from "../../devenv/containerd.js";
 import { msBetween, now } from "./stats.js";
 

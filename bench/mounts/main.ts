@@ -14,7 +14,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
-import { snapshotsService } from "../../src/service/proto.js";
+import { snapshotsService } from "../../src/wire/proto.js";
 import { startContainerd, type Containerd } from "../../devenv/containerd.js";
 import { startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
 import { buildFixtures } from "../../devenv/images.js";

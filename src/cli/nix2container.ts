@@ -7,7 +7,7 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DEFAULT_CONTAINERD_ADDRESS, DEFAULT_NAMESPACE } from "../containerd/grpc.js";
-import { SnapshotterError } from "../errors.js";
+import { KindedError } from "../errors.js";
 import { buildNixImage } from "../image/build.js";
 import { DEFAULT_SNAPSHOTTER, loadImage } from "../image/load.js";
 import { formatBytes, streamProgress } from "../image/progress.js";
@@ -23,7 +23,7 @@ class UsageError extends Error {}
  */
 function exitCode(err: unknown): number {
   if (err instanceof PushError) return { auth: 3, unreachable: 4, refused: 5, protocol: 5 }[err.kind];
-  if (err instanceof UsageError || (err instanceof SnapshotterError && err.kind === "invalid-argument")) return 2;
+  if (err instanceof UsageError || (err instanceof KindedError && err.kind === "invalid-argument")) return 2;
   return 1;
 }
 

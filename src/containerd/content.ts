@@ -13,8 +13,8 @@ import { Readable } from "node:stream";
 import type * as grpc from "@grpc/grpc-js";
 import { AlreadyExistsError } from "../errors.js";
 import type { BlobSource } from "../image/tar-index.js";
-import { fromStatus } from "../service/status.js";
-import { loadProto, lookup } from "../service/proto.js";
+import { contentService } from "../wire/proto.js";
+import { fromStatus } from "../wire/status.js";
 import { type ContainerdContext, ServiceClient } from "./grpc.js";
 
 /** Bytes per WRITE message; containerd accepts up to 16 MiB per message. */
@@ -39,7 +39,7 @@ interface WriteResponse {
 
 export class ContentClient extends ServiceClient {
   constructor(ctx: ContainerdContext) {
-    super(lookup(loadProto("containerd/services/content/v1/content.proto"), "containerd.services.content.v1.Content"), ctx);
+    super(contentService(), ctx);
   }
 
   /** Sets (or, with an empty value, removes) the given labels and no others. */

@@ -4,17 +4,17 @@
  * namespace), decompresses it, mounts the given mounts inside containerd
  * and extracts the layer onto them, returning the uncompressed digest.
  */
-import { loadProto, lookup } from "../service/proto.js";
-import type { WireMount } from "../service/snapshots.js";
+import type { Mount } from "../snapshotter/snapshotter.js";
+import { diffService } from "../wire/proto.js";
 import { type ContainerdContext, ServiceClient, type WireDescriptor } from "./grpc.js";
 
 export class DiffClient extends ServiceClient {
   constructor(ctx: ContainerdContext) {
-    super(lookup(loadProto("containerd/services/diff/v1/diff.proto"), "containerd.services.diff.v1.Diff"), ctx);
+    super(diffService(), ctx);
   }
 
   /** Applies the layer `diff` onto `mounts`; resolves with the applied (uncompressed) descriptor. */
-  async apply(diff: WireDescriptor, mounts: WireMount[]): Promise<WireDescriptor> {
+  async apply(diff: WireDescriptor, mounts: readonly Mount[]): Promise<WireDescriptor> {
     const res = await this.unary<{ applied: WireDescriptor }>("Apply", { diff, mounts });
     return { ...res.applied, size: Number(res.applied.size) };
   }

@@ -4,12 +4,12 @@
  * every image record as a root and follows the target's content labels.
  */
 import { AlreadyExistsError } from "../errors.js";
-import { loadProto, lookup } from "../service/proto.js";
+import { imagesService } from "../wire/proto.js";
 import { type ContainerdContext, ServiceClient, type WireDescriptor } from "./grpc.js";
 
 export class ImagesClient extends ServiceClient {
   constructor(ctx: ContainerdContext) {
-    super(lookup(loadProto("containerd/services/images/v1/images.proto"), "containerd.services.images.v1.Images"), ctx);
+    super(imagesService(), ctx);
   }
 
   /**

@@ -5,7 +5,7 @@
  * is deleted; deleting it lets the GC take whatever nothing else references.
  */
 import { randomBytes } from "node:crypto";
-import { loadProto, lookup } from "../service/proto.js";
+import { leasesService } from "../wire/proto.js";
 import { type ContainerdContext, ServiceClient } from "./grpc.js";
 
 /** containerd's GC drops a lease whose label holds a time in the past (metadata/gc.go). */
@@ -18,7 +18,7 @@ export interface Lease {
 
 export class LeasesClient extends ServiceClient {
   constructor(ctx: ContainerdContext) {
-    super(lookup(loadProto("containerd/services/leases/v1/leases.proto"), "containerd.services.leases.v1.Leases"), ctx);
+    super(leasesService(), ctx);
   }
 
   /**

@@ -2,19 +2,14 @@
  * A Snapshotter over gRPC: talks containerd.services.snapshots.v1 to either
  * a proxy snapshotter's socket (ours) or containerd's own snapshots service,
  * where `snapshotter` picks the backend ("nix", "overlayfs") and the
- * namespace travels as gRPC metadata, as containerd's Go client sends it.
+ * namespace (and lease, if any) travel as gRPC metadata, as containerd's Go
+ * client sends them. The unpacker (unpack.ts) drives containerd's service
+ * with it; tests and benchmarks drive our daemon.
  */
-import * as grpc from "@grpc/grpc-js";
-import { snapshotsService } from "../service/proto.js";
-import { fromStatus } from "../service/status.js";
-import {
-  fromWireInfo,
-  fromWireMount,
-  toWireInfo,
-  type WireInfo,
-  type WireMount,
-} from "../service/snapshots.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "../snapshotter/snapshotter.js";
+import { fromWireInfo, fromWireMount, fromWireUsage, toWireInfo, type WireInfo, type WireMount, type WireUsage } from "../wire/convert.js";
+import { snapshotsService } from "../wire/proto.js";
+import { ServiceClient } from "./grpc.js";
 
 export interface SnapshotsClientOptions {
   /** Unix socket path (or a grpc-js target such as "unix:/run/x.sock"). */
@@ -23,43 +18,22 @@ export interface SnapshotsClientOptions {
   snapshotter?: string;
   /** containerd namespace, sent as the containerd-namespace header. */
   namespace?: string;
+  /** containerd lease the snapshots created belong to, sent as the containerd-lease header. */
+  lease?: string;
   /** A connection of its own (grpc-js otherwise shares one per target within a process). */
   ownConnection?: boolean;
 }
 
-export function grpcTarget(address: string): string {
-  return address.includes(":") && !address.startsWith("/") ? address : `unix:${address}`;
-}
-
-export class SnapshotsClient implements Snapshotter {
-  private readonly client: grpc.Client;
+export class SnapshotsClient extends ServiceClient implements Snapshotter {
   private readonly snapshotter: string;
-  private readonly metadata: grpc.Metadata;
 
   constructor(opts: SnapshotsClientOptions) {
-    const Ctor = snapshotsService();
-    this.client = new Ctor(grpcTarget(opts.address), grpc.credentials.createInsecure(), {
-      "grpc.max_receive_message_length": 64 * 1024 * 1024,
-      ...(opts.ownConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
-    });
+    super(snapshotsService(), { address: opts.address, namespace: opts.namespace ?? "", ...(opts.lease ? { lease: opts.lease } : {}) }, opts);
     this.snapshotter = opts.snapshotter ?? "";
-    this.metadata = new grpc.Metadata();
-    if (opts.namespace) this.metadata.set("containerd-namespace", opts.namespace);
   }
 
   private call<Res>(method: string, req: object, signal?: AbortSignal): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      const fn = (this.client as unknown as Record<string, Function>)[method]!;
-      const call = fn.call(this.client, { snapshotter: this.snapshotter, ...req }, this.metadata, (err: grpc.ServiceError | null, res: Res) => {
-        signal?.removeEventListener("abort", cancel);
-        if (err) reject(fromStatus(err));
-        else resolve(res);
-      }) as grpc.ClientUnaryCall;
-      // A caller that gives up cancels the call; the server stops its work.
-      const cancel = () => call.cancel();
-      if (signal?.aborted) cancel();
-      else signal?.addEventListener("abort", cancel, { once: true });
-    });
+    return this.unary<Res>(method, { snapshotter: this.snapshotter, ...req }, signal);
   }
 
   async stat(key: string): Promise<Info> {
@@ -77,8 +51,7 @@ export class SnapshotsClient implements Snapshotter {
   }
 
   async usage(key: string): Promise<Usage> {
-    const res = await this.call<{ size: number; inodes: number }>("Usage", { key });
-    return { size: Number(res.size), inodes: Number(res.inodes) };
+    return fromWireUsage(await this.call<WireUsage>("Usage", { key }));
   }
 
   async mounts(key: string): Promise<Mount[]> {
@@ -104,38 +77,17 @@ export class SnapshotsClient implements Snapshotter {
     await this.call("Remove", { key });
   }
 
-  walk(fn: (info: Info) => void | Promise<void>, filters: string[] = []): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const stream = (this.client as unknown as Record<string, Function>)["List"]!.call(
-        this.client,
-        { snapshotter: this.snapshotter, filters },
-        this.metadata,
-      ) as grpc.ClientReadableStream<{ info: WireInfo[] }>;
-      const infos: Info[] = [];
-      stream.on("data", (msg: { info: WireInfo[] }) => {
-        for (const w of msg.info) infos.push(fromWireInfo(w));
-      });
-      stream.on("error", (err) => reject(fromStatus(err)));
-      stream.on("end", () => {
-        (async () => {
-          for (const info of infos) await fn(info);
-        })().then(resolve, reject);
-      });
-    });
+  /** The whole listing arrives before `fn` sees the first snapshot. */
+  async walk(fn: (info: Info) => void | Promise<void>, filters: string[] = []): Promise<void> {
+    const batches = await this.collect<{ info: WireInfo[] }>("List", { snapshotter: this.snapshotter, filters });
+    for (const batch of batches) for (const w of batch.info) await fn(fromWireInfo(w));
   }
 
   async cleanup(): Promise<void> {
     await this.call("Cleanup", {});
   }
 
-  async close(): Promise<void> {
-    this.client.close();
-  }
-
-  /** Resolves once the channel is connected (or rejects after the deadline). */
-  waitForReady(timeoutMs: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve()));
-    });
+  override async close(): Promise<void> {
+    super.close();
   }
 }

@@ -21,12 +21,12 @@
 import { randomBytes } from "node:crypto";
 import { AlreadyExistsError, NotFoundError } from "../errors.js";
 import { sha256Digest } from "../image/oci.js";
-import { snapshotsService } from "../service/proto.js";
-import type { WireMount } from "../service/snapshots.js";
+import type { Mount } from "../snapshotter/snapshotter.js";
 import type { ContentClient } from "./content.js";
 import type { DiffClient } from "./diff.js";
-import { type ContainerdContext, ServiceClient, type WireDescriptor } from "./grpc.js";
+import type { ContainerdContext, WireDescriptor } from "./grpc.js";
 import type { LeasesClient } from "./leases.js";
+import { SnapshotsClient } from "./snapshots.js";
 
 /** Annotations with this prefix are handed to the snapshotter (snapshots.FilterInheritedLabels). */
 export const INHERITED_LABEL_PREFIX = "containerd.io/snapshot/";
@@ -50,35 +50,14 @@ export function snapshotLabels(annotations: Record<string, string> | undefined, 
   return labels;
 }
 
-/** containerd's snapshots service, limited to what unpacking needs, sent with the context's lease. */
-class Snapshots extends ServiceClient {
-  constructor(
-    ctx: ContainerdContext,
-    private readonly snapshotter: string,
-  ) {
-    super(snapshotsService(), ctx);
-  }
-
-  async exists(key: string): Promise<boolean> {
-    try {
-      await this.unary("Stat", { snapshotter: this.snapshotter, key });
-      return true;
-    } catch (err) {
-      if (err instanceof NotFoundError) return false;
-      throw err;
-    }
-  }
-
-  async prepare(key: string, parent: string, labels: Record<string, string>): Promise<WireMount[]> {
-    return (await this.unary<{ mounts: WireMount[] }>("Prepare", { snapshotter: this.snapshotter, key, parent, labels })).mounts;
-  }
-
-  async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
-    await this.unary("Commit", { snapshotter: this.snapshotter, name, key, labels });
-  }
-
-  async remove(key: string): Promise<void> {
-    await this.unary("Remove", { snapshotter: this.snapshotter, key });
+/** Whether containerd's snapshotter has the snapshot. */
+async function exists(sn: SnapshotsClient, key: string): Promise<boolean> {
+  try {
+    await sn.stat(key);
+    return true;
+  } catch (err) {
+    if (err instanceof NotFoundError) return false;
+    throw err;
   }
 }
 
@@ -113,7 +92,8 @@ function withContext<E extends Error>(err: E, prefix: string): E {
 
 export async function unpackLayers(layers: readonly UnpackLayer[], o: UnpackOptions): Promise<UnpackResult> {
   const chain = chainIds(layers.map((l) => l.diffId));
-  const sn = new Snapshots(o.ctx, o.snapshotter);
+  // Under the context's lease: the snapshots are safe from the GC.
+  const sn = new SnapshotsClient({ ...o.ctx, snapshotter: o.snapshotter });
   const result: UnpackResult = { chainIds: chain, unpacked: 0, present: 0 };
   try {
     for (const [i, layer] of layers.entries()) {
@@ -129,31 +109,31 @@ export async function unpackLayers(layers: readonly UnpackLayer[], o: UnpackOpti
       }
     }
   } finally {
-    sn.close();
+    await sn.close();
   }
   return result;
 }
 
-async function unpackOne(sn: Snapshots, layer: UnpackLayer, chainId: string, parent: string, o: UnpackOptions): Promise<"unpacked" | "present"> {
+async function unpackOne(sn: SnapshotsClient, layer: UnpackLayer, chainId: string, parent: string, o: UnpackOptions): Promise<"unpacked" | "present"> {
   const present = async () => {
     // Hold it under our lease until the image record references it.
     await o.leases.addResource(o.ctx.lease!, `snapshots/${o.snapshotter}`, chainId);
     return "present" as const;
   };
-  if (await sn.exists(chainId)) return present();
+  if (await exists(sn, chainId)) return present();
 
   const labels = snapshotLabels(layer.desc.annotations, chainId);
   let key = "";
-  let mounts: WireMount[] | undefined;
+  let mounts: Mount[] | undefined;
   for (let attempt = 1; attempt <= 3 && !mounts; attempt++) {
     // containerd's snapshots.UnpackKeyFormat: "extract-<unique> <chainID>".
     key = `extract-${randomBytes(8).toString("base64url")} ${chainId}`;
     try {
-      mounts = await sn.prepare(key, parent, labels);
+      mounts = await sn.prepare(key, parent, { labels });
     } catch (err) {
       // A key collision, or another unpack of the same chain finished first.
       if (!(err instanceof AlreadyExistsError)) throw err;
-      if (await sn.exists(chainId)) return present();
+      if (await exists(sn, chainId)) return present();
     }
   }
   if (!mounts) throw new Error(`could not prepare an extraction snapshot for ${chainId}`);
@@ -166,7 +146,7 @@ async function unpackOne(sn: Snapshots, layer: UnpackLayer, chainId: string, par
       throw new Error(`the layer's uncompressed digest is ${applied.digest}, the image config says ${layer.diffId}`);
     }
     try {
-      await sn.commit(chainId, key, labels);
+      await sn.commit(chainId, key, { labels });
       committed = true;
     } catch (err) {
       // Another unpack committed the same chain first: as good as ours.

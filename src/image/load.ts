@@ -28,7 +28,7 @@ import type { ContainerdContext } from "../containerd/grpc.js";
 import { ImagesClient } from "../containerd/images.js";
 import { LeasesClient } from "../containerd/leases.js";
 import { unpackLayers } from "../containerd/unpack.js";
-import { InvalidArgumentError, SnapshotterError, UnavailableError } from "../errors.js";
+import { InvalidArgumentError, KindedError, UnavailableError } from "../errors.js";
 import { type ImageArchive, openImageArchive } from "./archive.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";
@@ -77,7 +77,7 @@ export async function loadImage(o: LoadOptions): Promise<LoadResult> {
   const img = await openImageArchive(o.file ?? o.archive).catch((err: Error) => {
     // Messages name the archive, not the descriptor it was read through.
     if (o.file) err.message = err.message.split(o.file).join(o.archive);
-    if (err instanceof SnapshotterError) throw err;
+    if (err instanceof KindedError) throw err;
     throw new InvalidArgumentError(`${o.archive} is not a readable image archive: ${err.message}`);
   });
   try {

@@ -7,12 +7,12 @@
  * untouched.
  */
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as protoLoader from "@grpc/proto-loader";
 import { isNixImageRef } from "../image/reference.js";
 import type { Logger } from "../log.js";
-import { grpcTarget } from "../containerd/snapshots.js";
-import { PROTO_DIR } from "./proto.js";
-import { toStatus } from "./status.js";
+import { channelOptions, grpcTarget } from "../wire/channel.js";
+import { loadDefinition } from "../wire/proto.js";
+import { toStatus } from "../wire/status.js";
 
 const SERVICE = "runtime.v1.ImageService";
 const METHODS = ["ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"] as const;
@@ -25,14 +25,7 @@ let codecCache: protoLoader.ServiceDefinition | undefined;
 /** Encoders and decoders of the modelled messages (proto/cri/runtime/v1/image.proto). */
 function codecs(): protoLoader.ServiceDefinition {
   if (codecCache) return codecCache;
-  const def = protoLoader.loadSync("cri/runtime/v1/image.proto", {
-    keepCase: false,
-    longs: Number,
-    enums: String,
-    defaults: true,
-    includeDirs: [PROTO_DIR],
-  });
-  codecCache = def[SERVICE] as protoLoader.ServiceDefinition;
+  codecCache = loadDefinition("cri/runtime/v1/image.proto")[SERVICE] as protoLoader.ServiceDefinition;
   return codecCache;
 }
 
@@ -58,12 +51,7 @@ export class CriForwarder {
   private readonly client: grpc.Client;
 
   constructor(containerdAddress: string) {
-    this.client = new grpc.Client(grpcTarget(containerdAddress), grpc.credentials.createInsecure(), {
-      "grpc.max_receive_message_length": 64 * 1024 * 1024,
-      // Reconnect quickly once containerd is back (grpc-js backs off itself).
-      "grpc.initial_reconnect_backoff_ms": 200,
-      "grpc.max_reconnect_backoff_ms": 5000,
-    });
+    this.client = new grpc.Client(grpcTarget(containerdAddress), grpc.credentials.createInsecure(), channelOptions());
   }
 
   call(method: Method, req: Buffer, metadata = new grpc.Metadata(), deadline?: grpc.Deadline): Promise<Buffer> {

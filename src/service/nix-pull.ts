@@ -24,7 +24,7 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { type FileHandle, mkdtemp, open, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import { FailedPreconditionError, NotFoundError, SnapshotterError, UnavailableError } from "../errors.js";
+import { FailedPreconditionError, NotFoundError, KindedError, UnavailableError } from "../errors.js";
 import { parseNixImageRef } from "../image/reference.js";
 import type { Logger } from "../log.js";
 import { type Realiser, summariseStderr } from "../nix/realise.js";
@@ -131,7 +131,7 @@ export class NixImagePuller implements NixPuller {
     try {
       await this.o.loader.load(archive, { namespace: this.o.namespace ?? "k8s.io", ref: name, ...(file ? { file } : {}) });
     } catch (err) {
-      if (err instanceof SnapshotterError) throw err;
+      if (err instanceof KindedError) throw err;
       throw new FailedPreconditionError(`loading ${archive} into containerd failed: ${(err as Error).message}`);
     }
   }

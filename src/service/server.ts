@@ -9,6 +9,7 @@ import { chmod, lstat, mkdir, unlink } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import type { Logger } from "../log.js";
+import { SERVER_OPTIONS } from "../wire/channel.js";
 
 export interface RunningServer {
   readonly address: string;
@@ -53,14 +54,7 @@ export async function listen(
   await mkdir(path.dirname(address), { recursive: true, mode: 0o700 });
   await clearStaleSocket(address);
 
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": 64 * 1024 * 1024,
-    "grpc.max_send_message_length": 64 * 1024 * 1024,
-    // Channelz (grpc-js's per-call counters and traces for a debugging
-    // service we do not serve) cost about 4% of the daemon's CPU per call
-    // in bench/snapshotter's profile.
-    "grpc.enable_channelz": 0,
-  });
+  const server = new grpc.Server(SERVER_OPTIONS);
   register(server);
 
   // Bind under a tight umask so the socket is never briefly world-writable,

@@ -1,90 +1,17 @@
 /**
  * Serves any Snapshotter as containerd.services.snapshots.v1.Snapshots: the
- * protocol containerd speaks to a proxy snapshotter. Wire <-> core
- * conversion and error mapping happen here and nowhere else.
+ * protocol containerd speaks to a proxy snapshotter. The messages' encoding
+ * and the error mapping come from src/wire/, which the clients share.
  */
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../log.js";
-import type { Info, Kind, Mount, Snapshotter } from "../snapshotter/snapshotter.js";
-import { snapshotsService } from "./proto.js";
-import { encodeInfo, encodeInfoResponse, encodeListResponse, encodeMountsResponse } from "./wire-codec.js";
-import { toStatus } from "./status.js";
+import type { Info, Snapshotter } from "../snapshotter/snapshotter.js";
+import { encodeInfo, encodeInfoResponse, encodeListResponse, encodeMountsResponse } from "../wire/codec.js";
+import { toWireInfo, toWireUsage, type WireInfo } from "../wire/convert.js";
+import { snapshotsService } from "../wire/proto.js";
+import { toStatus } from "../wire/status.js";
 
-export interface WireTimestamp {
-  seconds: number;
-  nanos: number;
-}
-
-export interface WireInfo {
-  name: string;
-  parent: string;
-  kind: string;
-  createdAt?: WireTimestamp | null;
-  updatedAt?: WireTimestamp | null;
-  labels: Record<string, string>;
-}
-
-export interface WireMount {
-  type: string;
-  source: string;
-  target: string;
-  options: string[];
-}
-
-const KIND_TO_WIRE: Record<Kind, string> = { view: "VIEW", active: "ACTIVE", committed: "COMMITTED" };
-const WIRE_TO_KIND: Record<string, Kind> = { VIEW: "view", ACTIVE: "active", COMMITTED: "committed" };
-
-const NS_PER_S = 1_000_000_000n;
-
-/** Nanoseconds since the epoch as google.protobuf.Timestamp (no precision lost). */
-export function toWireTimestamp(ns: bigint): WireTimestamp {
-  let s = ns / NS_PER_S;
-  let n = ns % NS_PER_S;
-  if (n < 0n) {
-    s -= 1n;
-    n += NS_PER_S;
-  }
-  return { seconds: Number(s), nanos: Number(n) };
-}
-
-export function fromWireTimestamp(t: WireTimestamp | null | undefined): bigint {
-  if (!t) return 0n;
-  return BigInt(t.seconds) * NS_PER_S + BigInt(t.nanos);
-}
-
-export function toWireInfo(info: Info): WireInfo {
-  return {
-    name: info.name,
-    parent: info.parent,
-    kind: KIND_TO_WIRE[info.kind],
-    createdAt: toWireTimestamp(info.created),
-    updatedAt: toWireTimestamp(info.updated),
-    labels: info.labels,
-  };
-}
-
-export function fromWireInfo(w: WireInfo): Info {
-  return {
-    name: w.name,
-    parent: w.parent,
-    kind: WIRE_TO_KIND[w.kind] ?? "active",
-    labels: w.labels ?? {},
-    created: fromWireTimestamp(w.createdAt),
-    updated: fromWireTimestamp(w.updatedAt),
-  };
-}
-
-export function toWireMount(m: Mount): WireMount {
-  return { type: m.type, source: m.source, target: m.target ?? "", options: m.options };
-}
-
-export function fromWireMount(w: WireMount): Mount {
-  const m: Mount = { type: w.type, source: w.source, options: w.options ?? [] };
-  if (w.target) m.target = w.target;
-  return m;
-}
-
-/** The responses wire-codec.ts encodes: their bytes pass through. */
+/** The responses codec.ts encodes: their bytes pass through. */
 function withPreEncodedResponses(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...def };
   for (const m of ["Prepare", "View", "Mounts", "Stat", "Update", "List"]) {
@@ -183,8 +110,7 @@ export function addSnapshotsService(server: grpc.Server, sn: Snapshotter, log: L
       },
     ),
     Usage: unary<KeyReq, unknown>("usage", (r) => r.key, async (r) => {
-      const u = await sn.usage(r.key);
-      return { size: u.size, inodes: u.inodes };
+      return toWireUsage(await sn.usage(r.key));
     }),
     Cleanup: unary<unknown, unknown>("cleanup", () => undefined, async () => {
       await sn.cleanup();

@@ -4,18 +4,18 @@
  * RuntimeService calls to containerd's socket.
  */
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { chmodSync, copyFileSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { buildLayer } from "../../src/image/layer.js";
-import { grpcTarget } from "../../src/containerd/snapshots.js";
-import { PROTO_DIR } from "../../src/service/proto.js";
+import { grpcTarget } from "../../src/wire/channel.js";
+import { loadProto } from "../../src/wire/proto.js";
 import { fileEntriesFromDir } from "./host-tree.js";
 
-const pkg = grpc.loadPackageDefinition(
-  protoLoader.loadSync("cri/runtime/v1/runtime.proto", { keepCase: false, longs: Number, enums: String, defaults: true, includeDirs: [PROTO_DIR] }),
-) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor; ImageService: grpc.ServiceClientConstructor } } };
+/** The CRI RuntimeService the tests drive containerd with (test/proto/, next to the ImageService in proto/). */
+const TEST_PROTO_DIR = fileURLToPath(new URL("../../../test/proto", import.meta.url));
+const pkg = loadProto("cri/runtime/v1/runtime.proto", [TEST_PROTO_DIR]) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor; ImageService: grpc.ServiceClientConstructor } } };
 
 type Call = (req: object, opts?: { timeoutMs?: number }) => Promise<Record<string, unknown>>;
 

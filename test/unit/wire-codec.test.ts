@@ -1,7 +1,7 @@
 import t from "tap";
-import type { WireInfo } from "../../src/service/snapshots.js";
-import { encodeInfo, encodeInfoResponse, encodeListResponse, encodeMountsResponse } from "../../src/service/wire-codec.js";
-import { snapshotsService } from "../../src/service/proto.js";
+import { encodeInfo, encodeInfoResponse, encodeListResponse, encodeMountsResponse } from "../../src/wire/codec.js";
+import type { WireInfo } from "../../src/wire/convert.js";
+import { snapshotsService } from "../../src/wire/proto.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
 
 t.test("hand-encoded mount responses decode as the proto says", async (t) => {

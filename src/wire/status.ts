@@ -1,6 +1,7 @@
 /**
- * The one place where core errors become gRPC status codes (and back). The
- * codes are those containerd's errdefs map to and from
+ * The one place where core errors become gRPC status codes (the server's
+ * replies) and status codes become core errors (every client's failures).
+ * The codes are those containerd's errdefs map to and from
  * (errdefs/grpc.go): containerd's unpacker, for one, relies on
  * AlreadyExists to skip a layer that is already there.
  */
@@ -11,7 +12,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
-  SnapshotterError,
+  KindedError,
   UnavailableError,
   UnimplementedError,
   type ErrorKind,
@@ -28,7 +29,7 @@ const CODE: Record<ErrorKind, grpc.status> = {
 };
 
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  if (err instanceof SnapshotterError) return { code: CODE[err.kind], details: err.message };
+  if (err instanceof KindedError) return { code: CODE[err.kind], details: err.message };
   const message = err instanceof Error ? err.message : String(err);
   return { code: grpc.status.UNKNOWN, details: message };
 }

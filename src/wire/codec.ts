@@ -18,7 +18,7 @@
  * decoder of the same .proto files.
  */
 import type { Mount } from "../snapshotter/snapshotter.js";
-import type { WireInfo, WireTimestamp } from "./snapshots.js";
+import type { WireInfo, WireTimestamp } from "./convert.js";
 
 // Each message is sized first, then written into one buffer: no
 // intermediate chunks (a first version that joined chunks was twice as slow
