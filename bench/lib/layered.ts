@@ -8,7 +8,8 @@ import path from "node:path";
 import type { PrebuiltLayerInput } from "../../src/image/archive-writer.js";
 import { gzip } from "../../src/image/compression.js";
 import { buildLayer, type LayerEntry } from "../../src/image/layer.js";
-import { MEDIA_TYPE_OCI_LAYER_GZIP, sha256Digest } from "../../src/image/oci.js";
+import { MEDIA_TYPE_OCI_LAYER_GZIP } from "../../src/image/oci.js";
+import { sha256Digest } from "../../src/digest.js";
 import { fileEntriesFromDir } from "../../test/lib/host-tree.js";
 
 /** The layer entries of one store path, under nix/store/<name>. */

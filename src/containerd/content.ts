@@ -12,10 +12,20 @@
 import { Readable } from "node:stream";
 import type * as grpc from "@grpc/grpc-js";
 import { AlreadyExistsError } from "../errors.js";
-import type { BlobSource } from "../image/tar-index.js";
 import { contentService } from "../wire/proto.js";
 import { fromStatus } from "../wire/status.js";
 import { type ContainerdContext, ServiceClient } from "./grpc.js";
+
+/**
+ * Bytes that can be read, whole or from an offset, any number of times:
+ * what a blob written to the content store is read from (an image
+ * archive's member, a file range, a buffer).
+ */
+export interface BlobSource {
+  readonly size: number;
+  /** The bytes [start, end) (default: all), as a stream. */
+  open(start?: number, end?: number): Readable;
+}
 
 /** Bytes per WRITE message; containerd accepts up to 16 MiB per message. */
 const CHUNK = 1024 * 1024;

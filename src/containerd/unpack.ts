@@ -20,7 +20,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { AlreadyExistsError, NotFoundError } from "../errors.js";
-import { sha256Digest } from "../image/oci.js";
+import { sha256Digest } from "../digest.js";
 import type { Mount } from "../snapshotter/snapshotter.js";
 import type { ContentClient } from "./content.js";
 import type { DiffClient } from "./diff.js";

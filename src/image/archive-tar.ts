@@ -10,8 +10,9 @@ import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import zlib from "node:zlib";
 import { detectCompression } from "./compression.js";
-import { sha256Digest } from "./oci.js";
-import { type BlobSource, fileRange, indexTar, readSource } from "./tar-index.js";
+import { sha256Digest } from "../digest.js";
+import type { BlobSource } from "../containerd/content.js";
+import { fileRange, indexTar, readSource } from "./tar-index.js";
 
 /** Manifests, configs and indexes are JSON of a few KiB; refuse absurd ones rather than buffer them. */
 export const MAX_JSON_BLOB = 16 * 1024 * 1024;

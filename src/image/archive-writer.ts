@@ -33,11 +33,11 @@ import {
   MEDIA_TYPE_OCI_MANIFEST,
   OCI_LAYOUT_VERSION,
   type Platform,
-  sha256Digest,
   singleImageIndex,
 } from "./oci.js";
+import { sha256Digest } from "../digest.js";
 import { refTag, withDefaultTag } from "./reference.js";
-import type { BlobSource } from "./tar-index.js";
+import type { BlobSource } from "../containerd/content.js";
 import { streamTar, type TarItem } from "./tar-writer.js";
 
 /** A layer built here from its uncompressed tar. */

@@ -12,51 +12,14 @@
 import buffer from "node:buffer";
 import { indexArchive, verifyBlob } from "./archive-tar.js";
 import { openDockerArchive } from "./docker-archive.js";
-import type { ImageConfig, Index, Manifest, Platform } from "./oci.js";
+import type { ImageArchive, ReadOptions } from "./image-archive.js";
 import { openOciLayout } from "./oci-layout.js";
-import { type BlobSource, readSource } from "./tar-index.js";
-
-/**
- * An image archive opened for reading. Its metadata (index, manifest,
- * config) is parsed and verified; blobs stay in the file and are read as
- * streams, so an archive of any size costs a bounded amount of memory.
- * close() releases the temporary file of a gzipped archive.
- */
-export interface ImageArchive {
-  /** index.json for an OCI layout; synthesized for a docker-archive. */
-  index: Index;
-  manifest: Manifest;
-  manifestDigest: string;
-  config: ImageConfig;
-  ref?: string;
-  format: "oci-layout" | "docker-archive";
-  /** A blob by digest (manifest and config included), or undefined. */
-  blob(digest: string): BlobSource | undefined;
-  /** Digests of every blob the archive holds. */
-  digests(): string[];
-  close(): Promise<void>;
-}
+import { readSource } from "./tar-index.js";
 
 /** An archive read whole into memory (small archives: tests and tools). */
 export interface ReadImage extends Omit<ImageArchive, "blob" | "digests" | "close"> {
   /** Every blob of the image (and, for an OCI layout, every blob in it), by digest. */
   blobs: Map<string, Buffer>;
-}
-
-export interface ReadOptions {
-  /**
-   * Which image to take when the archive holds several: the one whose name
-   * (io.containerd.image.name, ref.name, or docker RepoTags) equals this.
-   */
-  ref?: string;
-  /** Platform to prefer in a multi-platform index; default linux/goArch(). */
-  platform?: Platform;
-  /**
-   * Also check every layer of an OCI layout against the config's diff_ids
-   * (decompressing gzip and zstd). docker-archives are always checked: their
-   * layer file names are not digests.
-   */
-  diffIds?: boolean;
 }
 
 /**

@@ -3,7 +3,7 @@
  * and layer tars, turned into the OCI manifest and index the rest of the
  * code works with.
  */
-import type { ImageArchive, ReadOptions } from "./archive.js";
+import type { ImageArchive, ReadOptions } from "./image-archive.js";
 import { BLOB_PATH_RE, MAX_JSON_BLOB, parseJson, TarFiles, verifyBlob } from "./archive-tar.js";
 import { digestStream } from "./compression.js";
 import {
@@ -17,10 +17,11 @@ import {
   MEDIA_TYPE_OCI_LAYER_ZSTD,
   MEDIA_TYPE_OCI_MANIFEST,
   type Platform,
-  sha256Digest,
   singleImageIndex,
 } from "./oci.js";
-import { type BlobSource, bufferSource, readSource } from "./tar-index.js";
+import { sha256Digest } from "../digest.js";
+import type { BlobSource } from "../containerd/content.js";
+import { bufferSource, readSource } from "./tar-index.js";
 
 /** docker-archive manifest.json: one entry per image. */
 export interface DockerArchiveManifest {

@@ -7,7 +7,8 @@
  * image skips them on push and containerd shares their snapshots with the
  * base image on the node.
  */
-import { type ImageArchive, openImageArchive } from "./archive.js";
+import { openImageArchive } from "./archive.js";
+import type { ImageArchive } from "./image-archive.js";
 import type { PrebuiltLayerInput } from "./archive-writer.js";
 import {
   type ContainerConfig,

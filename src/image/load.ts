@@ -29,7 +29,8 @@ import { ImagesClient } from "../containerd/images.js";
 import { LeasesClient } from "../containerd/leases.js";
 import { unpackLayers } from "../containerd/unpack.js";
 import { InvalidArgumentError, KindedError, UnavailableError } from "../errors.js";
-import { type ImageArchive, openImageArchive } from "./archive.js";
+import { openImageArchive } from "./archive.js";
+import type { ImageArchive } from "./image-archive.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";
 

@@ -3,7 +3,7 @@
  * index.json and blobs/sha256/<hex>, every blob the chosen image uses
  * checked against its digest.
  */
-import type { ImageArchive, ReadOptions } from "./archive.js";
+import type { ImageArchive, ReadOptions } from "./image-archive.js";
 import { BLOB_PATH_RE, MAX_JSON_BLOB, parseJson, type TarFiles, verifyBlob } from "./archive-tar.js";
 import { digestStream } from "./compression.js";
 import {
@@ -18,7 +18,8 @@ import {
   OCI_LAYOUT_VERSION,
 } from "./oci.js";
 import { selectManifest } from "./select-manifest.js";
-import { type BlobSource, readSource } from "./tar-index.js";
+import type { BlobSource } from "../containerd/content.js";
+import { readSource } from "./tar-index.js";
 
 /** A layer's diff_id, when computed, must be the one the config lists. */
 function checkDiffId(file: string, what: string, got: string | undefined, want: string | undefined): void {

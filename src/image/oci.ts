@@ -5,7 +5,6 @@
  * Field names and JSON keys follow the spec exactly, since these objects are
  * serialised as-is and their bytes are content-addressed.
  */
-import { createHash } from "node:crypto";
 import { endianness } from "node:os";
 import { refTag } from "./reference.js";
 
@@ -161,11 +160,6 @@ export function singleImageIndex(digest: string, size: number, platform: Platfor
     platform,
   };
   return { schemaVersion: 2, mediaType: MEDIA_TYPE_OCI_INDEX, manifests: [desc] };
-}
-
-/** The OCI digest string ("sha256:<hex>") of some bytes. */
-export function sha256Digest(buf: Buffer | Uint8Array | string): string {
-  return "sha256:" + createHash("sha256").update(buf).digest("hex");
 }
 
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;

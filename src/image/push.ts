@@ -31,7 +31,8 @@
  * manifest.
  */
 import { InvalidArgumentError } from "../errors.js";
-import { type ImageArchive, openImageArchive } from "./archive.js";
+import { openImageArchive } from "./archive.js";
+import type { ImageArchive } from "./image-archive.js";
 import { BlobLocations, blobLocationsFile } from "./blob-locations.js";
 import { MEDIA_TYPE_OCI_MANIFEST } from "./oci.js";
 import { formatBytes, type TransferProgress } from "./progress.js";

@@ -14,7 +14,7 @@ import http from "node:http";
 import https from "node:https";
 import type { RegistryRef } from "./reference.js";
 import { basicAuth, type Credentials, credentialsAllowed, parseChallenge } from "./registry-auth.js";
-import type { BlobSource } from "./tar-index.js";
+import type { BlobSource } from "../containerd/content.js";
 
 /** Why a push stopped; the CLI prints the message as its one error line. */
 export class PushError extends Error {

@@ -3,7 +3,7 @@
  * and within a multi-platform image the wanted platform.
  */
 import { ANNOTATION_CONTAINERD_IMAGE_NAME, ANNOTATION_REF_NAME, type Descriptor, goArch, type Index, isIndexMediaType, isManifestMediaType, type Platform } from "./oci.js";
-import type { ReadOptions } from "./archive.js";
+import type { ReadOptions } from "./image-archive.js";
 
 function nameMatches(d: Descriptor, ref: string): boolean {
   const a = d.annotations ?? {};

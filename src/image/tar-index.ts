@@ -15,17 +15,11 @@
 import { createReadStream } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { Readable } from "node:stream";
+import type { BlobSource } from "../containerd/content.js";
 
 const BLOCK = 512;
 /** PAX and GNU long-name records larger than this are not metadata a sane archive writes. */
 const MAX_META = 1024 * 1024;
-
-/** Bytes that can be read, whole or from an offset, any number of times. */
-export interface BlobSource {
-  readonly size: number;
-  /** The bytes [start, end) (default: all), as a stream. */
-  open(start?: number, end?: number): Readable;
-}
 
 /** A range of a file. */
 export function fileRange(file: string, offset: number, size: number): BlobSource {

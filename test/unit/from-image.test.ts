@@ -7,7 +7,8 @@ import t from "tap";
 import { writeImageArchive } from "../../src/image/archive-writer.js";
 import { mergeContainerConfig, readBaseImage } from "../../src/image/from-image.js";
 import { buildLayer } from "../../src/image/layer.js";
-import { goArch, sha256Digest } from "../../src/image/oci.js";
+import { goArch } from "../../src/image/oci.js";
+import { sha256Digest } from "../../src/digest.js";
 import { tempDir } from "../lib/tmp.js";
 
 t.test("merging configs: ours wins per key, Env by name, maps are unions", async (t) => {

@@ -25,8 +25,8 @@ import {
   MEDIA_TYPE_OCI_LAYER_GZIP,
   MEDIA_TYPE_OCI_LAYER_ZSTD,
   MEDIA_TYPE_OCI_MANIFEST,
-  sha256Digest,
 } from "../../src/image/oci.js";
+import { sha256Digest } from "../../src/digest.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 import { listTar } from "../lib/util.js";

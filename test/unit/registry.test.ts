@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { chainIds, snapshotLabels } from "../../src/containerd/unpack.js";
-import { sha256Digest } from "../../src/image/oci.js";
+import { sha256Digest } from "../../src/digest.js";
 import { registryErrorText } from "../../src/image/push.js";
 import { credentialsAllowed, dockerConfigDir, loadCredentials, parseChallenge } from "../../src/image/registry-auth.js";
 import { tempDir } from "../lib/tmp.js";
