@@ -11,6 +11,7 @@
  *   - a store that is a read-only bind mount of itself (as on NixOS):
  *     views are built all the same;
  *   - store_view = "binds": no view, per-path binds;
+ *   - a store path deleted by force: the view still holds its files;
  *   - through containerd, ctr run: the closure, read-only, same inodes.
  */
 import { execFile, spawn } from "node:child_process";
@@ -113,6 +114,14 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "unshare
     });
     t.equal(lines.filter((l) => l.includes("level=warn")).length, 0, "no warning");
     t.equal(lines.filter((l) => l.includes("store view built")).length, 1, "the view was built once");
+
+    // A store path deleted by force: the view holds its files (hard links), so the container keeps them.
+    const app = closure.find((p) => p.endsWith("-app"))!;
+    const before = readFileSync(`${app}/bin/app`, "utf8");
+    await run("nix-store", ["--delete", "--ignore-liveness", app]);
+    t.notOk(existsSync(app), "the store path is gone from the store");
+    t.same(await sn.mounts("ctr"), ms, "Mounts still returns the view");
+    t.equal(readFileSync(path.join(view, path.basename(app), "bin/app"), "utf8"), before, "which still holds the file");
 
     await sn.remove("ctr");
     await sn.remove("v");

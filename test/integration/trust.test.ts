@@ -409,7 +409,8 @@ exec nix-store --realise "$2" --add-root "$1"
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
     const root = path.join(tmp.path, "root");
-    const sn = await openNixSnapshotter(root);
+    // Per-path binds: a store view, once built, holds the files itself (store-view.test.ts).
+    const sn = await openNixSnapshotter(root, undefined, { storeView: "binds" });
     t.teardown(() => sn.close());
     const paths = await closure("forced");
     await sn.prepare("x", "", { labels: nixLabels(paths) });
