@@ -41,16 +41,6 @@ export type StoreViewMode = (typeof STORE_VIEW_MODES)[number];
 /** errno codes after which linking cannot work on this host: no more views are tried. */
 const HOST_WIDE = new Set(["EXDEV", "EPERM"]);
 
-/** A failure of the builder, with the errno code of the call that failed when there was one. */
-export class StoreViewError extends Error {
-  constructor(
-    message: string,
-    readonly code: string | undefined,
-  ) {
-    super(message);
-  }
-}
-
 export class StoreViews {
   readonly dir: string;
   /** Builds in flight by layer id. */
@@ -92,7 +82,12 @@ export class StoreViews {
     if (this.disabled !== undefined || this.failed.has(id) || this.isReady(id)) return Promise.resolve();
     const tmp = path.join(this.dir, `${BUILD_PREFIX}${id}-${randomBytes(4).toString("hex")}`);
     const entry: { done: Promise<void>; child?: ChildProcess; tmp: string } = { done: Promise.resolve(), tmp };
-    entry.done = this.build(id, [...paths], tmp, entry).finally(() => this.building.delete(id));
+    entry.done = this.build(id, [...paths], tmp, entry)
+      .catch((err: unknown) => {
+        this.failed.add(id);
+        this.log.warn(`store view of nix layer ${id} not built, its containers get one bind mount per store path`, { id, error: err });
+      })
+      .finally(() => this.building.delete(id));
     this.building.set(id, entry);
     return entry.done;
   }
@@ -139,6 +134,8 @@ export class StoreViews {
       this.log.debug("store view: link() crosses a mount on one filesystem; building without the store's bind mount", { id });
       rmSync(tmp, { recursive: true, force: true });
       res = await this.runBuilder(paths, tmp, true, entry);
+      // No private mount namespace here, or the store is no bind mount: still across filesystems.
+      if (!res.ok && res.code === undefined) res = { ok: false, code: "EXDEV", message: `link() crosses a mount, and building without the store's bind mount failed: ${res.message ?? ""}` };
     }
     if (res.ok) {
       this.log.info("store view built", { id, storePaths: paths.length, ms: Date.now() - started });
