@@ -308,6 +308,8 @@ if (requireOrSkip(t, { root: true, commands: ["containerd", "ctr", "runc", "nix-
 
     await daemon.stop("SIGTERM", 10_000);
     daemon = await startDaemonProcess({ root: snRoot, address: snAddress, logFile: snLog, logLevel: "debug" });
+    // containerd redials the proxy socket with a backoff: wait until it reaches the new daemon.
+    await waitFor(() => ctr(["snapshots", "--snapshotter", "nix", "ls"]).then(() => true, () => false), "containerd to reach the restarted daemon", 60_000, 500);
     await check("after a restart");
     t.equal(readFileSync(snLog, "utf8").match(/store view built/g)?.length, 1, "the view was built once, not again after the restart");
 
