@@ -192,6 +192,9 @@ disabled_plugins = [${disabledPlugins(b, !!o.cri).map(q).join(", ")}]
   platform = "linux/${goArch()}"
   snapshotter = "overlayfs"
 `;
+  for (const name of Object.keys(o.proxySnapshotters ?? {})) {
+    cfg += `[[plugins."io.containerd.transfer.v1.local".unpack_config]]\n  platform = "linux/${goArch()}"\n  snapshotter = ${JSON.stringify(name)}\n`;
+  }
   if (o.cri) cfg += v3 ? criConfigV3(o, o.cri) : criConfigV2(o, o.cri);
   return cfg;
 }

@@ -1,10 +1,11 @@
 /**
  * Mounts of a container snapshot above a nix layer of 1,000 store paths:
  * the call containerd makes for every container start, which for us
- * returns the rootfs mount plus one bind mount per store path. Measured
- * through containerd's snapshots API (as containerd's tools use it) and
- * straight to the daemon's socket, beside overlayfs Mounts of an ordinary
- * snapshot. Target: p99 ≤ 2 ms through containerd.
+ * returns the rootfs mount plus, with the default store_view = "tree", one
+ * bind of the layer's store view (once built; the benchmark waits for it).
+ * Measured through containerd's snapshots API (as containerd's tools use
+ * it) and straight to the daemon's socket, beside overlayfs Mounts of an
+ * ordinary snapshot. Goal P6: p99 ≤ 2 ms through containerd.
  *
  *   node build/bench/mounts/main.js [--quick] [--json FILE]
  */
@@ -20,6 +21,7 @@ import { startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
 import { buildFixtures } from "../../devenv/images.js";
 import { tempDir } from "../../test/lib/tmp.js";
 import { benchMain, benchOptions } from "../lib/harness.js";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fmt, markdownTable, msBetween, now, percentile, type BenchReport } from "../lib/stats.js";
 
 const exec = promisify(execFile);
@@ -79,8 +81,18 @@ async function run(env: Env): Promise<BenchReport> {
     closure.forEach((p, i) => (labels[`containerd.io/snapshot/nix-store-path.${i}`] = p));
     await nix.prepare("layer-active", "", { labels });
     await nix.commit("layer", "layer-active", { labels: GC_ROOT });
-    const mounts = await nix.prepare("container", "layer", { labels: GC_ROOT });
+    await nix.prepare("container", "layer", { labels: GC_ROOT });
+    // The store view is built in the background after the Commit; until
+    // then Mounts returns one bind per store path.
+    const t0 = now();
+    let mounts = await nix.mounts("container");
+    while (mounts.filter((m) => m.target).length !== 1 && msBetween(t0, now()) < 300_000) {
+      await sleep(50);
+      mounts = await nix.mounts("container");
+    }
     const binds = mounts.filter((m) => m.target).length;
+    if (binds !== 1) throw new Error(`no store view after 5 minutes: Mounts returns ${binds} store mounts`);
+    const viewWaitMs = msBetween(t0, now());
     await overlay.prepare("layer-active", "", { labels: GC_ROOT });
     await overlay.commit("layer", "layer-active", { labels: GC_ROOT });
     await overlay.prepare("container", "layer", { labels: GC_ROOT });
@@ -91,7 +103,7 @@ async function run(env: Env): Promise<BenchReport> {
 
     const raw = rawMounts(address, directKey);
     clients.push({ close: async () => raw.close() });
-    process.stderr.write(`[bench mounts] ${binds} bind mounts per call; ${CALLS} calls each\n`);
+    process.stderr.write(`[bench mounts] store view ready after ${fmt(viewWaitMs)} ms; ${binds} store mount per call; ${CALLS} calls each\n`);
     const series: [string, number[]][] = [];
     for (let round = 0; round < 2; round++) {
       // Alternate the order so neither side always runs on a warmer machine.
@@ -117,18 +129,26 @@ async function run(env: Env): Promise<BenchReport> {
       stats.map((s) => [s.name, s.name.startsWith("overlayfs") ? "1" : String(binds + 1), fmt(s.p50), fmt(s.p99), fmt(s.mean)]),
       ["left", "right", "right", "right", "right"],
     );
-    const verdict = ours.p99 <= TARGET_P99_MS ? "PASS" : "MISS";
+    const verdict = ours.p99 <= TARGET_P99_MS ? "met" : "missed";
     const markdown = `${opts.quick ? "**Quick run (--quick).**\n\n" : ""}${table}
 
-Target: p99 ≤ ${TARGET_P99_MS} ms for Mounts with 1,000 store paths through containerd: **${verdict}** \
+Goal P6: p99 ≤ ${TARGET_P99_MS} ms for Mounts with 1,000 store paths through containerd: **${verdict}** \
 (p99 ${fmt(ours.p99)} ms; overlayfs with its single mount: ${fmt(base.p99)} ms). Every row but the \
-last includes the benchmark client decoding the response (about 0.8 ms for 1,005 mounts in Node); the last \
-row is the daemon's own share as a caller sees it. The snapshot sits above a \
-nix layer of the \`many\` fixture (${closure.length} store paths: 1,000 small paths, hello, libc and the \
-loader), so each call returns ${binds + 1} mounts. ${CALLS} calls per row in two alternating rounds, after a \
+last includes the benchmark client decoding the response; the last row is the daemon's own share as a \
+caller sees it. The snapshot sits above a nix layer of the \`many\` fixture (${closure.length} store paths: \
+1,000 small paths, hello, libc and the loader); with the default store_view = "tree" each call returns \
+${binds + 1} mounts, the rootfs and one bind of the layer's store view (built in the background after the \
+Commit, ready ${fmt(viewWaitMs)} ms after the container's Prepare; per-path binds until then). ${CALLS} calls per row in two alternating rounds, after a \
 warm-up. Load average before/after: ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}.
 `;
-    return { name: "mounts", title: "Mounts with 1,000 store paths", markdown, rows: stats, meta: { storePaths: closure.length, calls: CALLS } };
+    return {
+      name: "mounts",
+      title: "Mounts with 1,000 store paths",
+      markdown,
+      rows: stats,
+      meta: { storePaths: closure.length, calls: CALLS, storeMounts: binds, viewWaitMs },
+      goals: [{ id: "P6", measure: "Mounts p99 through containerd, 1,000 store paths (store_view = \"tree\")", goal: `≤ ${TARGET_P99_MS} ms`, now: `${fmt(ours.p99)} ms`, met: ours.p99 <= TARGET_P99_MS }],
+    };
   }
 }
 

@@ -18,6 +18,7 @@ async function main(): Promise<number> {
     .option("config", { alias: "c", type: "string", description: "path to the TOML config file", default: DEFAULT_CONFIG_PATH })
     .option("address", { alias: "a", type: "string", description: "unix socket to serve on (overrides the config file)" })
     .option("root", { type: "string", description: "state directory (overrides the config file)" })
+    .option("store-view", { type: "string", description: 'how containers see the store: "tree" (one bind of a per-layer tree of hard links) or "binds" (one bind per store path); overrides the config file' })
     .option("log-level", { alias: "l", type: "string", choices: LEVELS as unknown as string[], default: "info", description: "log level" })
     .version(version())
     .alias("version", "v")
@@ -31,9 +32,9 @@ async function main(): Promise<number> {
     .parseAsync();
 
   const explicit = process.argv.slice(2).some((a) => a === "-c" || a === "--config" || a.startsWith("--config="));
-  const cfg = applyFlags(await loadConfigFile(argv.config, explicit), { address: argv.address, root: argv.root });
+  const cfg = applyFlags(await loadConfigFile(argv.config, explicit), { address: argv.address, root: argv.root, storeView: argv["store-view"] });
   const log = createLogger(argv["log-level"] as Level);
-  log.info("starting nix-snapshotter", { version: version(), root: cfg.root, address: cfg.address });
+  log.info("starting nix-snapshotter", { version: version(), root: cfg.root, address: cfg.address, storeView: cfg.storeView });
 
   const daemon = await startDaemon(cfg, log);
   await sdNotify("READY=1", log);

@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { OVERLAY_DRIVERS, type OverlayDriver } from "../snapshotter/overlay-driver.js";
+import { STORE_VIEW_MODES, type StoreViewMode } from "../snapshotter/store-view.js";
 
 export interface ImageServiceConfig {
   /** Serve CRI ImageService on the daemon's socket. */
@@ -22,6 +23,8 @@ export interface Config {
   externalBuilder: string | undefined;
   imageService: ImageServiceConfig;
   overlay: { driver: OverlayDriver };
+  /** How containers see the store: one bind of a per-layer tree of hard links, or one bind per store path. */
+  storeView: StoreViewMode;
 }
 
 export const DEFAULT_CONFIG_PATH = "/etc/nix-snapshotter/config.toml";
@@ -35,6 +38,7 @@ export const DEFAULTS: Readonly<Config> = Object.freeze({
     containerdAddress: "/run/containerd/containerd.sock",
   }),
   overlay: Object.freeze({ driver: "overlayfs" as OverlayDriver }),
+  storeView: "tree" as StoreViewMode,
 });
 
 /** A configuration problem, reported as one line naming the file and key. */
@@ -57,6 +61,7 @@ const KEYS: Record<string, KeySpec> = {
   "image_service.enable": { kind: "boolean", set: (c, v) => (c.imageService.enable = v as boolean) },
   "image_service.containerd_address": { kind: "path", set: (c, v) => (c.imageService.containerdAddress = v as string) },
   "overlay.driver": { kind: "string", oneOf: OVERLAY_DRIVERS, set: (c, v) => (c.overlay.driver = v as OverlayDriver) },
+  store_view: { kind: "string", oneOf: STORE_VIEW_MODES, set: (c, v) => (c.storeView = v as StoreViewMode) },
 };
 
 const TABLES = new Set(["image_service", "overlay"]);
@@ -133,6 +138,7 @@ export async function loadConfigFile(file: string, explicit: boolean): Promise<C
 export interface FlagOverrides {
   address?: string | undefined;
   root?: string | undefined;
+  storeView?: string | undefined;
 }
 
 /** Flags override the file; relative paths are taken from the working directory. */
@@ -144,6 +150,12 @@ export function applyFlags(cfg: Config, flags: FlagOverrides): Config {
   if (flags.root !== undefined) {
     if (flags.root === "") throw new ConfigError("--root must not be empty");
     cfg.root = path.resolve(flags.root);
+  }
+  if (flags.storeView !== undefined) {
+    if (!(STORE_VIEW_MODES as readonly string[]).includes(flags.storeView)) {
+      throw new ConfigError(`--store-view must be one of ${STORE_VIEW_MODES.map((o) => JSON.stringify(o)).join(", ")}, got ${JSON.stringify(flags.storeView)}`);
+    }
+    cfg.storeView = flags.storeView as StoreViewMode;
   }
   return cfg;
 }

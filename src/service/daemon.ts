@@ -43,7 +43,7 @@ export async function startDaemon(cfg: Config, log: Logger): Promise<Daemon> {
   useNixDaemonWhenRootless(log);
   const overlay = await OverlaySnapshotter.open({ root: cfg.root, driver: cfg.overlay.driver, logger: log });
   const realiser = cfg.externalBuilder ? new ExternalBuilderRealiser(cfg.externalBuilder) : new NixStoreRealiser();
-  const snapshotter = await NixSnapshotter.wrap(overlay, { realiser, logger: log });
+  const snapshotter = await NixSnapshotter.wrap(overlay, { realiser, logger: log, storeView: cfg.storeView });
   try {
     // A crash may have left directories no snapshot references: reclaim
     // them before serving, so the first client sees a tidy root.

@@ -5,9 +5,14 @@
  *     its store paths from the labels, realises them with one Nix call and
  *     roots them under <root>/gcroots/<snapshot id>/ (see realise.ts: only
  *     the tops of a set already in the store need a root);
- *   - Mounts of any snapshot above nix layers add one read-only bind mount
- *     per store path of its chain, with a target inside the rootfs, after
- *     checking every one is in the store (never a bind of nothing);
+ *   - Mounts of any snapshot above nix layers add the store: with the
+ *     "tree" setting (the default) one read-only bind of the topmost nix
+ *     layer's store view (store-view.ts) onto /nix/store, once that view is
+ *     built; otherwise, and with "binds", one read-only bind mount per store
+ *     path of its chain, with a target inside the rootfs, after checking
+ *     every one is in the store (never a bind of nothing);
+ *   - Commit of a nix layer starts building its store view in the
+ *     background; Remove deletes it after the snapshot;
  *   - Remove and Cleanup delete the roots, so `nix-store --gc` can collect
  *     what no image uses any more.
  *
@@ -33,11 +38,14 @@ import { validateLabels, type MetaStore } from "./metadata.js";
 import type { LayerStore } from "./layer-store.js";
 import { claimOrphanEntries, fsyncPath, removeDir } from "./overlay.js";
 import type { CreateOptions, Info, Mount, Snapshotter, Usage } from "./snapshotter.js";
+import { StoreViews, type StoreViewMode } from "./store-view.js";
 
 export interface NixOptions {
   realiser: Realiser;
   storeDir?: string;
   logger?: Logger;
+  /** How containers see the store: one bind of a store view ("tree", the default) or one bind per path ("binds"). */
+  storeView?: StoreViewMode;
 }
 
 /** Schema 1 kept a layer's store paths in this file under gcroots/<id>/. */
@@ -69,6 +77,11 @@ export class NixSnapshotter implements Snapshotter {
   private readonly bindMountsByParent = new Map<string, Mount[]>();
   /** Realisations in flight by snapshot id: close() stops them. */
   private readonly inflight = new Map<string, AbortController>();
+  private readonly storeView: StoreViewMode;
+  /** Store views of nix layers (used with storeView "tree"). */
+  readonly views: StoreViews;
+  /** Nix layer id -> the one mount of its store view. */
+  private readonly viewMounts = new Map<string, Mount[]>();
 
   private constructor(private readonly inner: LayerStore, opts: NixOptions) {
     this.gcrootsDir = path.join(inner.root, "gcroots");
@@ -76,11 +89,14 @@ export class NixSnapshotter implements Snapshotter {
     this.realiser = opts.realiser;
     this.log = opts.logger ?? nullLogger;
     this.ms = inner.metadata;
+    this.storeView = opts.storeView ?? "tree";
+    this.views = new StoreViews(inner.root, this.storeDir, this.log);
   }
 
   static async wrap(inner: LayerStore, opts: NixOptions): Promise<NixSnapshotter> {
     const sn = new NixSnapshotter(inner, opts);
     await mkdir(sn.gcrootsDir, { recursive: true, mode: 0o700 });
+    await sn.views.init();
     if (sn.ms.legacyImportPending()) await sn.importLegacyLayers();
     await sn.repairHalfPrepared();
     return sn;
@@ -105,7 +121,13 @@ export class NixSnapshotter implements Snapshotter {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is still being prepared (its store paths are being realised)`);
     }
     // The store paths and roots stay with the id, which a commit keeps.
-    return this.inner.commit(name, key, opts);
+    await this.inner.commit(name, key, opts);
+    // Build the layer's store view now, off the Prepare path: containers
+    // started before it is ready get per-path binds.
+    if (this.storeView === "tree" && this.layerPaths(id) !== null) {
+      const rec = await this.inner.record(name);
+      void this.views.ensure(id, this.pathsOfChain([rec.id, ...rec.parentIds]));
+    }
   }
 
   walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {
@@ -126,7 +148,7 @@ export class NixSnapshotter implements Snapshotter {
     // A nix layer itself gets no store mounts: while it is unpacked the
     // differ writes the layer's mountpoints into its upper directory.
     if (this.layerPaths(rec.id) !== null) return rootfs;
-    return [...rootfs, ...this.checkedChainMounts(rec.parentIds, key)];
+    return [...rootfs, ...this.storeMounts(rec.parentIds, key)];
   }
 
   async remove(key: string): Promise<void> {
@@ -140,12 +162,18 @@ export class NixSnapshotter implements Snapshotter {
     const known = this.storePaths.get(id);
     this.storePaths.delete(id);
     this.bindMountsByParent.delete(id);
-    if (known !== null) await removeDir(path.join(this.gcrootsDir, id), this.log);
+    this.viewMounts.delete(id);
+    if (known !== null) {
+      await removeDir(path.join(this.gcrootsDir, id), this.log);
+      await this.views.remove(id);
+    }
   }
 
   async cleanup(): Promise<void> {
     await this.inner.cleanup();
     for (const dir of this.claimOrphanRoots()) await removeDir(dir, this.log);
+    const views = this.views.claimOrphans((id) => this.ms.nixLayer(id) !== undefined);
+    for (const dir of views) await removeDir(dir, this.log);
   }
 
   /**
@@ -161,11 +189,13 @@ export class NixSnapshotter implements Snapshotter {
       this.log.info("removing GC roots no snapshot references", { dir: name });
       this.storePaths.delete(name);
       this.bindMountsByParent.delete(name);
+      this.viewMounts.delete(name);
     });
   }
 
   async close(): Promise<void> {
     for (const ac of this.inflight.values()) ac.abort();
+    await this.views.close();
     return this.inner.close();
   }
 
@@ -177,7 +207,7 @@ export class NixSnapshotter implements Snapshotter {
       const rec = await this.inner.create(kind, key, parent, opts);
       this.storePaths.set(rec.id, null);
       try {
-        return [...this.inner.mountsOf(rec), ...this.checkedChainMounts(rec.parentIds, key)];
+        return [...this.inner.mountsOf(rec), ...this.storeMounts(rec.parentIds, key)];
       } catch (err) {
         await this.inner.removeById(rec.id);
         throw err;
@@ -365,14 +395,45 @@ export class NixSnapshotter implements Snapshotter {
     const nearest = ids[0]!;
     const cached = this.bindMountsByParent.get(nearest);
     if (cached) return cached;
+    const mounts = this.pathsOfChain(ids).map(storeBindMount);
+    this.bindMountsByParent.set(nearest, mounts);
+    return mounts;
+  }
+
+  /** The store paths of every nix layer among ids, deduplicated and sorted. */
+  private pathsOfChain(ids: readonly string[]): StorePath[] {
     const all = new Set<StorePath>();
     for (const id of ids) {
       const paths = this.layerPaths(id);
       if (paths) for (const p of paths) all.add(p);
     }
-    const mounts = [...all].sort().map(storeBindMount);
-    this.bindMountsByParent.set(nearest, mounts);
-    return mounts;
+    return [...all].sort();
+  }
+
+  /**
+   * The store mounts of a snapshot whose parents are ids (nearest first):
+   * with "tree", one read-only bind of the topmost nix layer's store view
+   * onto the store (the view covers every nix layer below it too), when
+   * that view is built; else, or with "binds", one bind per store path.
+   * A view not built yet is started here (layers committed before views
+   * existed, or whose build a restart interrupted).
+   */
+  private storeMounts(ids: readonly string[], key: string): Mount[] {
+    if (this.storeView === "tree") {
+      const at = ids.findIndex((id) => this.layerPaths(id) !== null);
+      if (at < 0) return [];
+      const top = ids[at]!;
+      if (this.views.isReady(top)) {
+        let m = this.viewMounts.get(top);
+        if (!m) {
+          m = [{ type: "bind", source: this.views.pathOf(top), target: this.storeDir, options: ["ro", "rbind"] }];
+          this.viewMounts.set(top, m);
+        }
+        return m;
+      }
+      void this.views.ensure(top, this.pathsOfChain(ids.slice(at)));
+    }
+    return this.checkedChainMounts(ids, key);
   }
 
   /**

@@ -9,7 +9,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import t from "tap";
 import { InvalidArgumentError, FailedPreconditionError } from "../../src/errors.js";
-import { ExternalBuilderRealiser, ROOT_TOPS_FROM } from "../../src/nix/realise.js";
+import { ExternalBuilderRealiser, NixStoreRealiser, ROOT_TOPS_FROM } from "../../src/nix/realise.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
 import { REPO } from "../../devenv/daemon.js";
 import { withMounts } from "../lib/mount.js";
@@ -30,6 +30,16 @@ function binds(mounts: Mount[]): string[] {
   return mounts.filter((m) => m.target).map((m) => m.target!);
 }
 
+/**
+ * The store paths a container sees through its store mounts: the targets
+ * of per-path binds, or the entries of a store view bound onto /nix/store.
+ */
+function seen(mounts: Mount[]): string[] {
+  const store = mounts.filter((m) => m.target);
+  if (store.length === 1 && store[0]!.target === "/nix/store") return readdirSync(store[0]!.source).map((b) => `/nix/store/${b}`).sort();
+  return store.map((m) => m.target!);
+}
+
 
 /** A three-path closure: app -> lib -> data, plus a closure file listing it. */
 async function buildClosure(n: string): Promise<{ app: string; closure: string[]; info: string }> {
@@ -48,69 +58,6 @@ async function buildClosure(n: string): Promise<{ app: string; closure: string[]
 }
 
 if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
-  t.test("nix layer: one realisation, rooted, mounted above, unrooted on remove", async (t) => {
-    const tmp = tempDir();
-    t.teardown(() => tmp.cleanup());
-    const root = path.join(tmp.path, "root");
-    const sn = await openNixSnapshotter(root);
-    t.teardown(() => sn.close());
-    const { closure, info } = await buildClosure(nonce());
-    t.equal(closure.length, 3, "the fixture closure has three paths");
-
-    const unpack = await sn.prepare("extract-1", "", { labels: nixLabels(closure) });
-    t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
-    t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
-    const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
-    t.same(roots, ["root", "root-2", "root-3"], "a small layer: one root link per store path");
-    t.same(layerStorePaths(root, "1"), closure, "the layer's store paths recorded in the database");
-    t.equal(await tryDelete([closure[0]!]), false, "a rooted path cannot be deleted");
-    t.same(await unrootedBelow(closure, path.join(root, "gcroots")), [], "every path is kept alive by a root of the snapshot");
-
-    await sn.commit("layer-1", "extract-1");
-    const mounts = await sn.prepare("container", "layer-1");
-    t.same(binds(mounts), closure, "a container above gets one bind per store path, sorted");
-    for (const m of mounts.slice(1)) {
-      t.same([m.type, m.source, m.options], ["bind", m.target, ["ro", "rbind"]], `${m.target}: read-only rbind of itself`);
-    }
-    t.same(await sn.mounts("container"), mounts, "Mounts repeats what Prepare returned");
-    const view = await sn.view("view", "layer-1");
-    t.same(binds(view), closure, "views get the store mounts too (read-only rootfs)");
-
-    // Mount it for real: the store paths appear inside the rootfs.
-    const mp = path.join(tmp.path, "mnt");
-    mkdirSync(mp);
-    const rootfs = (await sn.mounts("container"))[0]!;
-    await withMounts([rootfs], mp, async () => {
-      // The differ would have written the mountpoints (an empty file for a
-      // store path that is a file); do it by hand here.
-      for (const p of closure) {
-        const target = path.join(mp, p);
-        if (statSync(p).isFile()) {
-          mkdirSync(path.dirname(target), { recursive: true });
-          writeFileSync(target, "");
-        } else mkdirSync(target, { recursive: true });
-      }
-    });
-    await withMounts(await sn.mounts("container"), mp, async () => {
-      const inside = readdirSync(path.join(mp, "nix/store")).map((b) => `/nix/store/${b}`).sort();
-      t.same(inside, closure, "inside the rootfs /nix/store holds exactly the closure");
-      const data = closure.find((p) => p.endsWith("-data"))!;
-      t.equal(readFileSync(path.join(mp, data), "utf8"), "data\n", "a store path that is a file is mounted as a file");
-      const app = closure.find((p) => p.endsWith("-app"))!;
-      t.match(readFileSync(path.join(mp, app, "bin/app"), "utf8"), /-lib/);
-      const err = await run("sh", ["-c", `touch ${path.join(mp, app, "x")}`]).then(() => "", (e: { stderr: string }) => e.stderr);
-      t.match(err, /Read-only file system/, "store mounts are read-only");
-    });
-
-    await sn.remove("view");
-    await sn.remove("container");
-    await sn.remove("layer-1");
-    t.notOk(existsSync(path.join(root, "gcroots", "1")), "roots removed with the snapshot");
-    t.same(await unrootedBelow(closure, root), closure, "no root of ours keeps any path alive now");
-    // The fixture's closure file refers to the closure: it goes too.
-    t.ok(await tryDelete([info, ...closure]), "and the garbage collector may delete the closure (nix-store --delete succeeds)");
-  });
-
   t.test("per-path labels only, a large layer: the tops are rooted, and that pins every path until Remove", async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
@@ -155,44 +102,120 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.same(paths.filter((p) => existsSync(p)), [], "and they are gone from the store");
   });
 
-  t.test("nix-closure label: one path realised and rooted; basename labels", async (t) => {
-    const tmp = tempDir();
-    t.teardown(() => tmp.cleanup());
-    const root = path.join(tmp.path, "root");
-    const sn = await openNixSnapshotter(root);
-    t.teardown(() => sn.close());
-    const { closure, info } = await buildClosure(nonce());
-    await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
-    t.same(readdirSync(path.join(root, "gcroots/1")).sort(), ["root"], "only the closure file is rooted (it refers to every listed path)");
-    t.same(layerStorePaths(root, "1"), closure, "the mounted paths are the listed closure");
-    t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "rooting the closure file keeps every listed path alive");
-    await sn.commit("c", "x");
-    t.same(binds(await sn.prepare("ctr", "c")), closure);
+  for (const storeView of ["binds", "tree"] as const) {
+    t.test(`nix layer: one realisation, rooted, mounted above, unrooted on remove (store_view ${storeView})`, async (t) => {
+      const tmp = tempDir();
+      t.teardown(() => tmp.cleanup());
+      const root = path.join(tmp.path, "root");
+      const sn = await openNixSnapshotter(root, new NixStoreRealiser(), { storeView });
+      t.teardown(() => sn.close());
+      const { closure, info } = await buildClosure(nonce());
+      t.equal(closure.length, 3, "the fixture closure has three paths");
 
-    const labels: Record<string, string> = { [LAYER]: "true" };
-    closure.forEach((p, i) => (labels[`${BASENAME_LABEL}${i}`] = path.basename(p)));
-    await sn.prepare("old-style", "", { labels });
-    await sn.commit("old", "old-style");
-    t.same(binds(await sn.prepare("ctr-old", "old")), closure, "the oldest label form (basenames) works too");
-  });
+      const unpack = await sn.prepare("extract-1", "", { labels: nixLabels(closure) });
+      t.same(binds(unpack), [], "no store mounts while the nix layer itself is unpacked");
+      t.same(binds(await sn.mounts("extract-1")), [], "nor from Mounts during unpack");
+      const roots = readdirSync(path.join(root, "gcroots", "1")).sort();
+      t.same(roots, ["root", "root-2", "root-3"], "a small layer: one root link per store path");
+      t.same(layerStorePaths(root, "1"), closure, "the layer's store paths recorded in the database");
+      t.equal(await tryDelete([closure[0]!]), false, "a rooted path cannot be deleted");
+      t.same(await unrootedBelow(closure, path.join(root, "gcroots")), [], "every path is kept alive by a root of the snapshot");
 
-  t.test("store paths of every parent, deduplicated, on an ordinary base layer", async (t) => {
-    const tmp = tempDir();
-    t.teardown(() => tmp.cleanup());
-    const sn = await openNixSnapshotter(path.join(tmp.path, "root"));
-    t.teardown(() => sn.close());
-    const a = await buildClosure(nonce());
-    const b = await buildClosure(nonce());
-    await sn.prepare("base-a", "");
-    await sn.commit("base", "base-a");
-    await sn.prepare("l1-a", "base", { labels: nixLabels(a.closure) });
-    await sn.commit("l1", "l1-a");
-    await sn.prepare("l2-a", "l1", { labels: nixLabels([...b.closure, a.closure[0]!]) });
-    await sn.commit("l2", "l2-a");
-    const m = await sn.prepare("top", "l2");
-    t.equal(m[0]!.type, "overlay", "rootfs first");
-    t.same(binds(m), [...new Set([...a.closure, ...b.closure])].sort(), "union of both layers' paths, each once, sorted");
-  });
+      await sn.commit("layer-1", "extract-1");
+      await sn.views.settled();
+      const mounts = await sn.prepare("container", "layer-1");
+      if (storeView === "binds") {
+        t.same(binds(mounts), closure, "a container above gets one bind per store path, sorted");
+        for (const m of mounts.slice(1)) {
+          t.same([m.type, m.source, m.options], ["bind", m.target, ["ro", "rbind"]], `${m.target}: read-only rbind of itself`);
+        }
+      } else {
+        t.same(mounts.slice(1), [{ type: "bind", source: path.join(root, "store-views", "1"), target: "/nix/store", options: ["ro", "rbind"] }], "a container above gets one read-only bind of the layer's store view");
+      }
+      t.same(seen(mounts), closure, "showing exactly the closure");
+      t.same(await sn.mounts("container"), mounts, "Mounts repeats what Prepare returned");
+      const view = await sn.view("view", "layer-1");
+      t.same(seen(view), closure, "views get the store mounts too (read-only rootfs)");
+
+      // Mount it for real: the store paths appear inside the rootfs.
+      const mp = path.join(tmp.path, "mnt");
+      mkdirSync(mp);
+      const rootfs = (await sn.mounts("container"))[0]!;
+      await withMounts([rootfs], mp, async () => {
+        // The differ would have written the mountpoints (an empty file for a
+        // store path that is a file); do it by hand here.
+        for (const p of storeView === "binds" ? closure : ["/nix/store"]) {
+          const target = path.join(mp, p);
+          if (statSync(p).isFile()) {
+            mkdirSync(path.dirname(target), { recursive: true });
+            writeFileSync(target, "");
+          } else mkdirSync(target, { recursive: true });
+        }
+      });
+      await withMounts(await sn.mounts("container"), mp, async () => {
+        const inside = readdirSync(path.join(mp, "nix/store")).map((b) => `/nix/store/${b}`).sort();
+        t.same(inside, closure, "inside the rootfs /nix/store holds exactly the closure");
+        const data = closure.find((p) => p.endsWith("-data"))!;
+        t.equal(readFileSync(path.join(mp, data), "utf8"), "data\n", "a store path that is a file is mounted as a file");
+        const app = closure.find((p) => p.endsWith("-app"))!;
+        t.match(readFileSync(path.join(mp, app, "bin/app"), "utf8"), /-lib/);
+        const err = await run("sh", ["-c", `touch ${path.join(mp, app, "x")}`]).then(() => "", (e: { stderr: string }) => e.stderr);
+        t.match(err, /Read-only file system/, "store mounts are read-only");
+      });
+
+      await sn.remove("view");
+      await sn.remove("container");
+      await sn.remove("layer-1");
+      t.notOk(existsSync(path.join(root, "gcroots", "1")), "roots removed with the snapshot");
+      t.notOk(existsSync(path.join(root, "store-views", "1")), "and the store view");
+      t.same(await unrootedBelow(closure, root), closure, "no root of ours keeps any path alive now");
+      // The fixture's closure file refers to the closure: it goes too.
+      t.ok(await tryDelete([info, ...closure]), "and the garbage collector may delete the closure (nix-store --delete succeeds)");
+    });
+
+    t.test(`nix-closure label: one path realised and rooted; basename labels (store_view ${storeView})`, async (t) => {
+      const tmp = tempDir();
+      t.teardown(() => tmp.cleanup());
+      const root = path.join(tmp.path, "root");
+      const sn = await openNixSnapshotter(root, new NixStoreRealiser(), { storeView });
+      t.teardown(() => sn.close());
+      const { closure, info } = await buildClosure(nonce());
+      await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
+      t.same(readdirSync(path.join(root, "gcroots/1")).sort(), ["root"], "only the closure file is rooted (it refers to every listed path)");
+      t.same(layerStorePaths(root, "1"), closure, "the mounted paths are the listed closure");
+      t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "rooting the closure file keeps every listed path alive");
+      await sn.commit("c", "x");
+      await sn.views.settled();
+      t.same(seen(await sn.prepare("ctr", "c")), closure);
+
+      const labels: Record<string, string> = { [LAYER]: "true" };
+      closure.forEach((p, i) => (labels[`${BASENAME_LABEL}${i}`] = path.basename(p)));
+      await sn.prepare("old-style", "", { labels });
+      await sn.commit("old", "old-style");
+      await sn.views.settled();
+      t.same(seen(await sn.prepare("ctr-old", "old")), closure, "the oldest label form (basenames) works too");
+    });
+
+    t.test(`store paths of every parent, deduplicated, on an ordinary base layer (store_view ${storeView})`, async (t) => {
+      const tmp = tempDir();
+      t.teardown(() => tmp.cleanup());
+      const sn = await openNixSnapshotter(path.join(tmp.path, "root"), new NixStoreRealiser(), { storeView });
+      t.teardown(() => sn.close());
+      const a = await buildClosure(nonce());
+      const b = await buildClosure(nonce());
+      await sn.prepare("base-a", "");
+      await sn.commit("base", "base-a");
+      await sn.prepare("l1-a", "base", { labels: nixLabels(a.closure) });
+      await sn.commit("l1", "l1-a");
+      await sn.prepare("l2-a", "l1", { labels: nixLabels([...b.closure, a.closure[0]!]) });
+      await sn.commit("l2", "l2-a");
+      await sn.views.settled();
+      const m = await sn.prepare("top", "l2");
+      t.equal(m[0]!.type, "overlay", "rootfs first");
+      t.same(seen(m), [...new Set([...a.closure, ...b.closure])].sort(), "union of both layers' paths, each once, sorted");
+      if (storeView === "tree") t.equal(binds(m).length, 1, "through one mount");
+    });
+  }
 
   t.test("hostile labels are refused with InvalidArgument and leave no trace", async (t) => {
     const tmp = tempDir();

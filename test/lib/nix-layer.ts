@@ -5,16 +5,16 @@
  * are the wire contract the tests hold the code to.
  */
 import { NixStoreRealiser, type Realiser } from "../../src/nix/realise.js";
-import { NixSnapshotter } from "../../src/snapshotter/nix.js";
+import { NixSnapshotter, type NixOptions } from "../../src/snapshotter/nix.js";
 import { OverlaySnapshotter } from "../../src/snapshotter/overlay.js";
 
 export const NIX_LAYER = "containerd.io/snapshot/nix-layer";
 export const NIX_PATH_LABEL = "containerd.io/snapshot/nix-store-path.";
 
 /** The daemon's snapshotter stack on `root`, realising with nix-store unless told otherwise. */
-export async function openNixSnapshotter(root: string, realiser: Realiser = new NixStoreRealiser()): Promise<NixSnapshotter> {
+export async function openNixSnapshotter(root: string, realiser: Realiser = new NixStoreRealiser(), opts: Omit<NixOptions, "realiser"> = {}): Promise<NixSnapshotter> {
   const overlay = await OverlaySnapshotter.open({ root });
-  return NixSnapshotter.wrap(overlay, { realiser });
+  return NixSnapshotter.wrap(overlay, { realiser, ...opts });
 }
 
 /** Labels of a nix layer naming these store paths one per label. */

@@ -4,7 +4,7 @@
  */
 import Database from "better-sqlite3";
 import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { appendFileSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { REPO } from "../../devenv/daemon.js";
@@ -13,11 +13,21 @@ const run = promisify(execFile);
 
 /** nix-build -E EXPR --no-out-link; returns the output paths. */
 export async function nixBuild(expr: string): Promise<string[]> {
+  return nixBuildArgs(["-E", expr]);
+}
+
+/**
+ * nix-build ARGS; returns the output paths. With outLink, the result is
+ * rooted there (else --no-out-link); with log, Nix's stderr is appended to it.
+ */
+export async function nixBuildArgs(args: string[], opts: { outLink?: string; log?: string; timeoutMs?: number } = {}): Promise<string[]> {
+  const link = opts.outLink ? ["--out-link", opts.outLink] : ["--no-out-link"];
   try {
-    const { stdout } = await run("nix-build", ["-E", expr, "--no-out-link"], { maxBuffer: 64 * 1024 * 1024, timeout: 600_000 });
+    const { stdout, stderr } = await run("nix-build", [...args, ...link], { maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 600_000 });
+    if (opts.log) appendFileSync(opts.log, stderr);
     return stdout.split("\n").filter((l) => l !== "");
   } catch (err) {
-    throw new Error(`nix-build failed: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`);
+    throw new Error(`nix-build ${args.join(" ").slice(0, 300)} failed: ${((err as { stderr?: string }).stderr ?? (err as Error).message).trim().slice(-2000)}`);
   }
 }
 

@@ -274,11 +274,17 @@ export async function killRounds(o: {
     if (preparing > 0) res.damage.push(`round ${round}: ${preparing} half-prepared nix layers survived start-up`);
     await sn.cleanup();
     for (const g of readdirSync(path.join(o.root, "gcroots"))) if (!nixIds.has(g)) res.damage.push(`round ${round}: orphan root directory ${g} survived Cleanup`);
+    // Store views: only complete views of existing nix layers (a killed build leaves .build-*, which start-up removes).
+    const views = path.join(o.root, "store-views");
+    for (const v of existsSync(views) ? readdirSync(views) : []) if (!nixIds.has(v)) res.damage.push(`round ${round}: store view entry ${v} survived Cleanup`);
     for (const [name, paths] of committed) {
       if (!paths || !present.has(name)) continue;
       res.nixLayersChecked++;
       const mounts = await sn.prepare(`check-${round}-${name}`, name);
-      const sources = mounts.filter((m) => m.target).map((m) => m.source);
+      const store = mounts.filter((m) => m.target);
+      // A store view (one bind onto the store) shows its entries; per-path binds their sources.
+      const sources =
+        store.length === 1 && store[0]!.target === "/nix/store" ? readdirSync(store[0]!.source).map((b) => `/nix/store/${b}`).sort() : store.map((m) => m.source);
       if (sources.join(" ") !== [...paths].sort().join(" ")) res.damage.push(`round ${round}: ${name} mounts ${sources.length} store paths, expected ${paths.length}`);
       for (const p of paths) if (!existsSync(p)) res.damage.push(`round ${round}: ${p} of ${name} is missing`);
       await sn.remove(`check-${round}-${name}`);

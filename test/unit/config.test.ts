@@ -20,6 +20,7 @@ t.test("defaults when the default file is absent", async (t) => {
   t.equal(cfg.imageService.containerdAddress, "/run/containerd/containerd.sock");
   t.equal(cfg.externalBuilder, undefined);
   t.equal(cfg.overlay.driver, "overlayfs");
+  t.equal(cfg.storeView, "tree");
 });
 
 t.test("an explicitly named file must exist", async (t) => {
@@ -30,11 +31,11 @@ t.test("every key is read", async (t) => {
   const cfg = await loadConfigFile(
     file(
       "full.toml",
-      `address = "/run/x.sock"\nroot = "/var/lib/x"\nexternal_builder = "/bin/builder"\n[image_service]\nenable = false\ncontainerd_address = "/run/c.sock"\n[overlay]\ndriver = "fuse-overlayfs"\n`,
+      `address = "/run/x.sock"\nroot = "/var/lib/x"\nexternal_builder = "/bin/builder"\nstore_view = "binds"\n[image_service]\nenable = false\ncontainerd_address = "/run/c.sock"\n[overlay]\ndriver = "fuse-overlayfs"\n`,
     ),
     true,
   );
-  t.same(cfg, { address: "/run/x.sock", root: "/var/lib/x", externalBuilder: "/bin/builder", imageService: { enable: false, containerdAddress: "/run/c.sock" }, overlay: { driver: "fuse-overlayfs" } });
+  t.same(cfg, { address: "/run/x.sock", root: "/var/lib/x", externalBuilder: "/bin/builder", imageService: { enable: false, containerdAddress: "/run/c.sock" }, overlay: { driver: "fuse-overlayfs" }, storeView: "binds" });
 });
 
 t.test("bad files are refused with one line naming file and key", async (t) => {
@@ -48,6 +49,7 @@ t.test("bad files are refused with one line naming file and key", async (t) => {
     ["root = \"\"\n", /key "root" must not be empty/],
     ["root = \n", /bad\.toml:1:\d+: invalid TOML/],
     ["[overlay]\ndriver = \"aufs\"\n", /key "overlay\.driver" must be one of "overlayfs", "fuse-overlayfs", got "aufs"/],
+    ["store_view = \"links\"\n", /key "store_view" must be one of "tree", "binds", got "links"/],
   ];
   for (const [text, re] of cases) {
     const err = await loadConfigFile(file("bad.toml", text), true).catch((e: unknown) => e);
@@ -63,4 +65,7 @@ t.test("flags override the file; relative paths resolve", async (t) => {
   t.equal(cfg.address, "/tmp/a.sock");
   t.equal(cfg.root, path.resolve("rel"));
   t.throws(() => applyFlags(cfg, { root: "" }), { message: "--root must not be empty" });
+  applyFlags(cfg, { storeView: "binds" });
+  t.equal(cfg.storeView, "binds", "--store-view sets the store view");
+  t.throws(() => applyFlags(cfg, { storeView: "tre" }), { message: '--store-view must be one of "tree", "binds", got "tre"' });
 });
