@@ -120,14 +120,14 @@ export class NixSnapshotter implements Snapshotter {
     if (this.ms.nixLayer(id)?.state === "preparing") {
       throw new FailedPreconditionError(`snapshot ${JSON.stringify(key)} is still being prepared (its store paths are being realised)`);
     }
+    // The chain is read while the snapshot is still active (record() gives
+    // active snapshots and views only); a commit keeps the id and parents.
+    const viewOf = this.storeView === "tree" && this.layerPaths(id) !== null ? await this.inner.record(key) : undefined;
     // The store paths and roots stay with the id, which a commit keeps.
     await this.inner.commit(name, key, opts);
     // Build the layer's store view now, off the Prepare path: containers
     // started before it is ready get per-path binds.
-    if (this.storeView === "tree" && this.layerPaths(id) !== null) {
-      const rec = await this.inner.record(name);
-      void this.views.ensure(id, this.pathsOfChain([rec.id, ...rec.parentIds]));
-    }
+    if (viewOf) void this.views.ensure(id, this.pathsOfChain([viewOf.id, ...viewOf.parentIds]));
   }
 
   walk(fn: (info: Info) => void | Promise<void>, filters?: string[]): Promise<void> {

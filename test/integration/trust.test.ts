@@ -20,7 +20,7 @@ import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { buildNixImage } from "../../src/image/build.js";
 import { AlreadyExistsError, CancelledError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from "../../src/errors.js";
 import { MAX_STORE_PATH_LABELS } from "../../src/nix/labels.js";
-import { ExternalBuilderRealiser, NixStoreRealiser } from "../../src/nix/realise.js";
+import { ExternalBuilderRealiser, NixStoreRealiser, ROOT_TOPS_FROM } from "../../src/nix/realise.js";
 import { SCHEMA_VERSION } from "../../src/snapshotter/metadata.js";
 import type { Mount } from "../../src/snapshotter/snapshotter.js";
 import { REPO, startDaemonProcess } from "../../devenv/daemon.js";
@@ -191,8 +191,11 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "
   t.test("a Nix delete loop racing nix-layer Prepares: no path of a live layer is ever missing", async (t) => {
     const tmp = tempDir();
     t.teardown(() => tmp.cleanup());
-    const fixture = await buildNixFixture(4, nonce(), path.join(tmp.path, "cache"));
+    // Four small layers (a root per path) and one of 301 paths (only its
+    // tops rooted, once every path is present).
+    const fixture = await buildNixFixture(4, nonce(), path.join(tmp.path, "cache"), 300);
     t.teardown(() => deleteFixture(fixture));
+    t.ok(fixture.closures[4]!.length >= ROOT_TOPS_FROM, `a layer of ${fixture.closures[4]!.length} paths: Prepare roots only its tops`);
     const root = path.join(tmp.path, "root");
     const address = path.join(tmp.path, "sn.sock");
     const d = await startDaemonProcess({ root, address, env: { NIX_CONFIG: fixture.nixConfig } });

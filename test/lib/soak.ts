@@ -21,7 +21,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { UnavailableError, CancelledError } from "../../src/errors.js";
-import { startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
+import { REPO, startDaemonProcess, type DaemonProcess } from "../../devenv/daemon.js";
 import { closureOf, nixBuild, prelude } from "./nix.js";
 import { nixLabels } from "./nix-layer.js";
 
@@ -128,7 +128,12 @@ export async function clientLoad(o: { address: string; root: string; clients: nu
   return res;
 }
 
-/** Small closures this run built: one per worker, each three paths. */
+/**
+ * Closures this run built, one per worker: three paths each, and with
+ * `wide`, one more worker whose closure is wide's leaves plus their top
+ * (test/fixtures/nix/many.nix): a layer large enough that Prepare roots
+ * only its tops (ROOT_TOPS_FROM in src/nix/realise.ts).
+ */
 export interface NixFixture {
   closures: string[][];
   /** A binary cache holding them (file://), so deleted paths can be substituted again. */
@@ -137,7 +142,7 @@ export interface NixFixture {
   nixConfig: string;
 }
 
-export async function buildNixFixture(n: number, nonce: string, cacheDir: string): Promise<NixFixture> {
+export async function buildNixFixture(n: number, nonce: string, cacheDir: string, wide?: number): Promise<NixFixture> {
   const exprs = Array.from({ length: n }, (_, i) => {
     const tag = `w${i}`;
     return `(let data = mk "soak-${tag}-data" "echo ${tag} > $out";
@@ -145,6 +150,7 @@ export async function buildNixFixture(n: number, nonce: string, cacheDir: string
          app = mk "soak-${tag}-app" "mkdir -p $out/bin; echo \${lib} > $out/bin/app";
      in app)`;
   });
+  if (wide !== undefined) exprs.push(`(import ${JSON.stringify(path.join(REPO, "test/fixtures/nix/many.nix"))} { n = ${wide}; salt = nonce; })`);
   const apps = await nixBuild(`${prelude(nonce)} [ ${exprs.join(" ")} ]`);
   const closures = await Promise.all(apps.map((a) => closureOf(a)));
   try {
