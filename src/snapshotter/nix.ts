@@ -303,11 +303,13 @@ export class NixSnapshotter implements Snapshotter {
       // refers to; the file lists what to mount. Anything listed beyond
       // the rooted path's own closure is realised and rooted on its own.
       const closure = layer.closure;
-      await this.realiser.realise([closure.storePath], rootDir, signal);
+      let kept: Set<string> | undefined;
+      if (this.realiser.realiseClosure) kept = await this.realiser.realiseClosure(closure.storePath, rootDir, signal);
+      else await this.realiser.realise([closure.storePath], rootDir, signal);
       await checkNoEscape(closure.storePath, this.storeDir);
       const listed = parseClosureFile(await readClosureFile(closure), closure.file, this.storeDir);
       const all = [...new Set([...listed, ...layer.paths])].sort();
-      const kept = await queryRequisites(closure.storePath, signal);
+      kept ??= await queryRequisites(closure.storePath, signal);
       const extra = kept ? all.filter((p) => !kept.has(p)) : all;
       if (extra.length > 0) {
         const extraDir = path.join(rootDir, "extra");

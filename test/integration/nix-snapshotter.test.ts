@@ -102,6 +102,27 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build"] })) {
     t.same(paths.filter((p) => existsSync(p)), [], "and they are gone from the store");
   });
 
+  t.test("nix-closure label: one nix-store process realises, roots and lists the closure", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    // A nix-store that records its arguments, then runs the real one.
+    const calls = path.join(tmp.path, "calls");
+    const wrapper = path.join(tmp.path, "nix-store");
+    writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> ${calls}\nexec nix-store "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    const root = path.join(tmp.path, "root");
+    const sn = await openNixSnapshotter(root, new NixStoreRealiser(wrapper));
+    t.teardown(() => sn.close());
+    const { closure, info } = await buildClosure(nonce());
+    await sn.prepare("x", "", { labels: { [LAYER]: "true", [CLOSURE_LABEL]: info } });
+    const argv = readFileSync(calls, "utf8").trim().split("\n");
+    t.equal(argv.length, 1, "one nix-store process for the whole Prepare");
+    t.match(argv[0], /^--query --requisites --force-realise --add-root \S+\/gcroots\/1\/root \/nix\/store\//, "it realises, roots and queries at once");
+    t.same(readdirSync(path.join(root, "gcroots/1")), ["root"], "one root: the closure file's path");
+    t.same(await unrootedBelow(closure, path.join(root, "gcroots/1")), [], "which keeps every listed path alive");
+    t.same(layerStorePaths(root, "1"), closure, "and the layer's store paths are the listed closure");
+  });
+
   for (const storeView of ["binds", "tree"] as const) {
     t.test(`nix layer: one realisation, rooted, mounted above, unrooted on remove (store_view ${storeView})`, async (t) => {
       const tmp = tempDir();
