@@ -38,7 +38,7 @@ const opts = benchOptions(undefined, { "daemon-log": ["FILE", "write the daemon'
 
 /** Measured pulls per side (after one unmeasured warm-up pull each). */
 const REPS = opts.quick ? 5 : 30;
-/** The brief's target: nix pulls at least this many times faster (p50). */
+/** The goal (P5): nix pulls at least this many times faster (p50). */
 const TARGET_RATIO = 10;
 const PAUSE = "localhost/nix-snapshotter-bench/pause:1";
 const USER = "benchuser";
