@@ -425,12 +425,13 @@ export class NixSnapshotter implements Snapshotter {
       const at = ids.findIndex((id) => this.layerPaths(id) !== null);
       if (at < 0) return [];
       const top = ids[at]!;
+      // A view, once there, stays until its layer is removed (which drops
+      // this entry): only layers without one cost a look at the disk.
+      const cached = this.viewMounts.get(top);
+      if (cached) return cached;
       if (this.views.isReady(top)) {
-        let m = this.viewMounts.get(top);
-        if (!m) {
-          m = [{ type: "bind", source: this.views.pathOf(top), target: this.storeDir, options: ["ro", "rbind"] }];
-          this.viewMounts.set(top, m);
-        }
+        const m: Mount[] = [{ type: "bind", source: this.views.pathOf(top), target: this.storeDir, options: ["ro", "rbind"] }];
+        this.viewMounts.set(top, m);
         return m;
       }
       void this.views.ensure(top, this.pathsOfChain(ids.slice(at)));
