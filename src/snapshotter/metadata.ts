@@ -173,6 +173,7 @@ export class MetaStore {
       ),
       all: db.prepare<[], Row>("SELECT * FROM snapshots ORDER BY key"),
       allIds: db.prepare<[], { id: number }>("SELECT id FROM snapshots"),
+      shapes: db.prepare<[], { id: number; kind: number; parent_id: number | null }>("SELECT id, kind, parent_id FROM snapshots"),
       childless: db.prepare<[], { id: number }>(
         "SELECT id FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent_id = s.id)",
       ),
@@ -381,6 +382,11 @@ export class MetaStore {
   /** Ids of snapshots that no other snapshot has as parent. */
   childlessIds(): Set<string> {
     return new Set(this.stmts.childless.all().map((r) => String(r.id)));
+  }
+
+  /** Every row's id, kind and parent id (start-up's check of the directories). */
+  shapes(): { id: string; kind: Kind; parentId: string | undefined }[] {
+    return this.stmts.shapes.all().map((r) => ({ id: String(r.id), kind: CODE_KIND[r.kind]!, parentId: r.parent_id === null ? undefined : String(r.parent_id) }));
   }
 
   /** Deletes a row by id (start-up repair of a row whose directory is gone). */

@@ -16,9 +16,16 @@
  * way the leftover is a directory with no row, which Cleanup (and start-up)
  * reclaims. No row ever points at a missing directory.
  *
- * Durability: the new directory's entries and its rename are fsynced before
- * the row's transaction commits (itself synced), so after a power loss an
- * acknowledged snapshot has both its row and its directory.
+ * Durability: the row's transaction is synced before the call is answered;
+ * the new directory is not (three syncs per Prepare where one does, as
+ * containerd's own snapshotter makes no directory sync either). What an
+ * acknowledged Prepare or View made is an empty directory, so if a power
+ * loss takes it while its row survives, start-up makes it again, empty, with
+ * the same modes and owner: the same state the call acknowledged. (On ext4
+ * and xfs the row's sync commits the journal that holds the directory
+ * anyway.) A committed snapshot's files are as durable as the filesystem
+ * makes them, as with containerd; a committed row whose directory is gone
+ * is dropped when nothing builds on it.
  *
  * Concurrency: the daemon is one thread, and the steps that must not
  * interleave are synchronous: a create's rename and row insert run in one
@@ -50,7 +57,7 @@ import type { Logger } from "../log.js";
 import { nullLogger } from "../log.js";
 import { parseFilters, snapshotAdaptor } from "./filters.js";
 import { MetaStore, type SnapshotRecord } from "./metadata.js";
-import { computeMounts, upperPath, type SnapshotPaths } from "./mounts.js";
+import { computeMounts, upperPath, workPath, type SnapshotPaths } from "./mounts.js";
 import { type OverlayDriver, overlayStyle, type OverlayStyle } from "./overlay-driver.js";
 import type { LayerStore } from "./layer-store.js";
 import type { CreateOptions, Info, Mount, Usage } from "./snapshotter.js";
@@ -113,15 +120,24 @@ export class OverlaySnapshotter implements LayerStore {
   }
 
   /**
-   * After a power loss a removal's row may come back while its directory
-   * stayed deleted (or a new directory's rename may not have reached the
-   * disk). Such a row would hand containerd mounts of nothing: drop it when
-   * nothing builds on it, and say so.
+   * After a power loss a new snapshot's directory may be missing (its
+   * creation never reached the disk), or a removal's row may come back
+   * while its directory stayed deleted. An active snapshot or view was
+   * acknowledged empty: make its directory again. A committed one had
+   * content that is gone: such a row would hand containerd mounts of
+   * nothing, so drop it when nothing builds on it, and say so.
    */
   private repairRowsWithoutDirectory(): void {
     const childless = this.ms.childlessIds();
-    for (const id of this.ms.ids()) {
-      if (existsSync(upperPath(this.paths, id))) continue;
+    for (const { id, kind, parentId } of this.ms.shapes()) {
+      if (existsSync(upperPath(this.paths, id)) && (kind !== "active" || existsSync(workPath(this.paths, id)))) continue;
+      if (kind !== "committed") {
+        this.log.warn("making again the empty directory of a snapshot whose creation a power loss undid", { id, kind });
+        const dir = path.join(this.paths.snapshotsDir, id);
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
+        makeSnapshotDirs(dir, kind, parentId === undefined ? undefined : upperPath(this.paths, parentId));
+        continue;
+      }
       if (childless.has(id)) {
         this.log.warn("dropping snapshot whose directory is missing (interrupted by a power loss?)", { id });
         this.ms.transaction(() => this.ms.removeById(id));
@@ -318,28 +334,13 @@ export class OverlaySnapshotter implements LayerStore {
     const tmpName = path.basename(td);
     this.pending.add(tmpName);
     try {
-      // Explicit chmod: the modes must not depend on the daemon's umask
-      // (a container's "/" is this directory).
-      mkdirSync(path.join(td, "fs"));
-      chmodSync(path.join(td, "fs"), 0o755);
-      if (kind === "active") {
-        mkdirSync(path.join(td, "work"));
-        chmodSync(path.join(td, "work"), 0o711);
-      }
-      // The new layer's root takes the owner of the parent's, as containerd
-      // does, so a container's "/" keeps the uid/gid its image gave it.
-      if (parent !== "") this.inheritOwner(parent, path.join(td, "fs"));
-      fsyncPath(td);
-
+      makeSnapshotDirs(td, kind, parent === "" ? undefined : this.parentUpper(parent));
       let record: SnapshotRecord;
       try {
         record = this.ms.transaction(() => {
           const s = this.ms.createSnapshot(kind, key, parent, labels);
           inTransaction?.(s.id);
           moveIntoPlace(td, path.join(this.paths.snapshotsDir, s.id), this.log);
-          // The rename is on disk before the row is: never a row without its
-          // directory after a power loss.
-          fsyncPath(this.paths.snapshotsDir);
           return s;
         });
       } finally {
@@ -358,15 +359,13 @@ export class OverlaySnapshotter implements LayerStore {
     }
   }
 
-  private inheritOwner(parent: string, dir: string): void {
-    let st;
+  /** The parent's directory, or undefined when there is no such parent (the transaction reports it, with its code). */
+  private parentUpper(parent: string): string | undefined {
     try {
-      const parentId = this.ms.getInfo(parent).id;
-      st = statSync(upperPath(this.paths, parentId));
+      return upperPath(this.paths, this.ms.getInfo(parent).id);
     } catch {
-      return; // a missing parent is reported by the transaction, with its code
+      return undefined;
     }
-    if (st.uid !== 0 || st.gid !== 0) chownSync(dir, st.uid, st.gid);
   }
 
   private removeDir(dir: string): Promise<void> {
@@ -404,6 +403,38 @@ export function claimOrphanEntries(dir: string, entries: readonly string[], keep
     out.push(to);
   }
   return out;
+}
+
+/**
+ * A new snapshot's directories inside `dir`: fs, and work for an active
+ * snapshot. Explicit chmod: the modes must not depend on the daemon's umask
+ * (a container's "/" is fs). fs takes the owner of the parent's
+ * (`parentUpper`), as containerd does, so a container's "/" keeps the
+ * uid/gid its image gave it.
+ */
+function makeSnapshotDirs(dir: string, kind: "active" | "view", parentUpper: string | undefined): void {
+  const fs = path.join(dir, "fs");
+  if (kind === "active") makeDir(path.join(dir, "work"), 0o711);
+  if (!makeDir(fs, 0o755) || parentUpper === undefined) return;
+  let st;
+  try {
+    st = statSync(parentUpper);
+  } catch {
+    return;
+  }
+  if (st.uid !== 0 || st.gid !== 0) chownSync(fs, st.uid, st.gid);
+}
+
+/** mkdir with this mode whatever the umask; false when it was there already (left as it is). */
+function makeDir(dir: string, mode: number): boolean {
+  try {
+    mkdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw err;
+  }
+  chmodSync(dir, mode);
+  return true;
 }
 
 /** fsync of a directory (its entries) or file, by path. */

@@ -2,15 +2,17 @@
  * Crash safety: kill -9 the daemon in the middle of a burst of Prepare,
  * Commit and Remove calls, restart it, and check that no committed snapshot
  * was lost, no metadata row points at a missing directory, and every
- * directory no row names is reclaimed.
+ * directory no row names is reclaimed. And a power loss, simulated by
+ * deleting the directories whose creation a lost journal would undo.
  */
 import Database from "better-sqlite3";
-import { existsSync, readdirSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import t from "tap";
 import { SnapshotsClient } from "../../src/containerd/snapshots.js";
 import { CancelledError, UnavailableError } from "../../src/errors.js";
 import { startDaemonProcess } from "../../devenv/daemon.js";
+import { withMounts } from "../lib/mount.js";
 import { requireOrSkip } from "../lib/require.js";
 import { tempDir } from "../lib/tmp.js";
 
@@ -116,4 +118,76 @@ if (requireOrSkip(t, { root: true })) {
     await sn.close();
     t.equal(await daemon.stop(), 0, "daemon exits 0 on SIGTERM");
   });
+  t.test("power loss took new directories: start-up makes active and view ones again, empty; drops a childless committed one", async (t) => {
+    const tmp = tempDir();
+    t.teardown(() => tmp.cleanup());
+    const root = path.join(tmp.path, "root");
+    const address = path.join(tmp.path, "sn.sock");
+    let daemon = await startDaemonProcess({ root, address });
+    let sn = new SnapshotsClient({ address });
+    // A failed assertion must not leave the daemon (and this file) running.
+    t.teardown(async () => {
+      await sn.close();
+      await daemon.stop("SIGKILL");
+    });
+    await sn.prepare("base-active", "");
+    const baseFs = path.join(root, "snapshots", rowId(root, "base-active"), "fs");
+    writeFileSync(path.join(baseFs, "hello"), "from the base\n");
+    // An image whose "/" belongs to someone else: its children's must too.
+    chownSync(baseFs, 1234, 5678);
+    await sn.commit("base", "base-active");
+    await sn.prepare("active", "base");
+    await sn.view("view", "base");
+    await sn.prepare("no-work", "base");
+    await sn.prepare("leaf-active", "base");
+    await sn.commit("leaf", "leaf-active");
+    await sn.close();
+    t.equal(await daemon.stop(), 0, "daemon stopped");
+
+    const dir = (key: string) => path.join(root, "snapshots", rowId(root, key));
+    const [activeDir, viewDir, noWorkDir, leafDir] = ["active", "view", "no-work", "leaf"].map(dir) as [string, string, string, string];
+    rmSync(activeDir, { recursive: true });
+    rmSync(viewDir, { recursive: true });
+    rmSync(path.join(noWorkDir, "work"), { recursive: true });
+    rmSync(leafDir, { recursive: true });
+    // An untouched sibling: its contents must stay as they are.
+    mkdirSync(path.join(noWorkDir, "fs", "kept"));
+
+    daemon = await startDaemonProcess({ root, address });
+    sn = new SnapshotsClient({ address });
+    const mode = (p: string) => (statSync(p).mode & 0o7777).toString(8);
+    t.equal(mode(path.join(activeDir, "fs")), "755", "active: fs made again, 0755");
+    t.equal(mode(path.join(activeDir, "work")), "711", "active: work made again, 0711");
+    t.same(readdirSync(path.join(activeDir, "fs")), [], "active: fs is empty, as Prepare acknowledged it");
+    const st = statSync(path.join(activeDir, "fs"));
+    t.same([st.uid, st.gid], [1234, 5678], "active: fs has the parent's owner again");
+    t.ok(existsSync(path.join(viewDir, "fs")), "view: fs made again");
+    t.notOk(existsSync(path.join(viewDir, "work")), "view: no work directory (a view never has one)");
+    t.equal(mode(path.join(noWorkDir, "work")), "711", "a lost work directory alone is made again");
+    t.same(readdirSync(path.join(noWorkDir, "fs")), ["kept"], "what survived beside it is left alone");
+
+    const names: string[] = [];
+    await sn.walk((i) => void names.push(i.name));
+    t.same(names.sort(), ["active", "base", "no-work", "view"], "the childless committed snapshot whose files are gone was dropped");
+    mkdirSync(path.join(tmp.path, "mnt"));
+    await withMounts(await sn.mounts("active"), path.join(tmp.path, "mnt"), async () => {
+      t.equal(readFileSync(path.join(tmp.path, "mnt", "hello"), "utf8"), "from the base\n", "the remade active snapshot mounts over its parent");
+      writeFileSync(path.join(tmp.path, "mnt", "new"), "written");
+    });
+    t.ok(existsSync(path.join(activeDir, "fs", "new")), "and takes writes in its remade upper directory");
+    await sn.close();
+    t.equal(await daemon.stop(), 0, "daemon exits 0 on SIGTERM");
+  });
+}
+
+/** A snapshot's id (its directory's name), read from the metadata file of a stopped daemon. */
+function rowId(root: string, key: string): string {
+  const db = new Database(path.join(root, "metadata.db"), { readonly: true });
+  try {
+    const row = db.prepare("SELECT id FROM snapshots WHERE key = ?").get(key) as { id: number } | undefined;
+    if (!row) throw new Error(`no snapshot ${key}`);
+    return String(row.id);
+  } finally {
+    db.close();
+  }
 }

@@ -161,8 +161,10 @@ if (requireOrSkip(t, { root: true, commands: ["nix-store", "nix-build", "nix", "
     };
     // The daemon is one thread: a sync of a call happens before its answer
     // is written, and strace records it before the answer reaches us.
-    t.ok((await counted(() => sn.prepare("a", ""))) >= 3, "Prepare: the new directory, its rename, and the database log");
-    t.ok((await counted(() => sn.view("v", "warm"))) >= 3, "View: the same as Prepare");
+    // One sync, as containerd's own snapshotter: the empty directory is
+    // made again by start-up if a power loss takes it (crash.test.ts).
+    t.ok((await counted(() => sn.prepare("a", ""))) >= 1, "Prepare: the database log");
+    t.ok((await counted(() => sn.view("v", "warm"))) >= 1, "View: the database log");
     t.ok((await counted(() => sn.commit("c", "a"))) >= 1, "Commit: the database log");
     t.ok((await counted(() => sn.update({ name: "c", labels: { x: "y" } }))) >= 1, "Update: the database log");
     t.ok((await counted(() => sn.remove("c"))) >= 1, "Remove: the database log");
