@@ -270,27 +270,6 @@ export class ExternalBuilderRealiser implements Realiser {
   }
 }
 
-/**
- * Waits until no Nix garbage collection is running. A collection that began
- * before our root link existed read the permanent roots without it, and
- * with Nix 2.8 it may still delete a path that `nix-store --realise
- * --add-root` just realised and rooted. Every collector holds gc.lock
- * exclusively (flock) for its whole run, and anything that takes it shared
- * waits for that run to end; after that, every collector sees our root.
- * Returns false when the lock cannot be taken (e.g. a store owned by
- * another user): the caller's check of the paths is then all there is.
- */
-export async function waitForGarbageCollector(signal?: AbortSignal): Promise<boolean> {
-  const lock = path.join(process.env["NIX_STATE_DIR"] ?? "/nix/var/nix", "gc.lock");
-  try {
-    const res = await runProcess("flock", ["--shared", "--wait", "300", lock, "true"], { signal });
-    return res.code === 0;
-  } catch (err) {
-    if (err instanceof CancelledError) throw err;
-    return false;
-  }
-}
-
 /** The closure of a store path (nix-store --query --requisites), or undefined when Nix cannot say. */
 export async function queryRequisites(p: StorePath, signal?: AbortSignal, nixStore = "nix-store"): Promise<Set<string> | undefined> {
   return new Promise((resolve, reject) => {

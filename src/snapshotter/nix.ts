@@ -32,8 +32,9 @@ import { CancelledError, FailedPreconditionError, InvalidArgumentError, Unavaila
 import type { Logger } from "../log.js";
 import { nullLogger } from "../log.js";
 import { isNixLayer, MAX_CLOSURE_FILE_BYTES, nixLayerFromLabels, parseClosureFile, type NixLayer } from "../nix/labels.js";
-import { queryRequisites, waitForGarbageCollector, type Realiser } from "../nix/realise.js";
-import { checkFileWithin, checkNoEscape, DEFAULT_STORE_DIR, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
+import { waitForGarbageCollector } from "../nix/gc-lock.js";
+import { queryRequisites, type Realiser } from "../nix/realise.js";
+import { checkFileWithin, DEFAULT_STORE_DIR, isPresentInStore, parseStorePath, type StoreFile, type StorePath } from "../nix/store-path.js";
 import { validateLabels, type MetaStore } from "./metadata.js";
 import type { LayerStore } from "./layer-store.js";
 import { claimOrphanEntries, fsyncPath, removeDir } from "./overlay.js";
@@ -51,8 +52,8 @@ export interface NixOptions {
 /** Schema 1 kept a layer's store paths in this file under gcroots/<id>/. */
 const LEGACY_STORE_PATHS_FILE = "store-paths";
 
-/** Checks at most this many paths at once (lstat), whatever the closure's size. */
-const CHECK_CONCURRENCY = 32;
+/** Store paths looked at (lstat) between two yields to other calls: about a millisecond's work. */
+const CHECK_BATCH = 250;
 
 /**
  * Realisations of paths that vanished right after they were rooted (a
@@ -306,7 +307,9 @@ export class NixSnapshotter implements Snapshotter {
       let kept: Set<string> | undefined;
       if (this.realiser.realiseClosure) kept = await this.realiser.realiseClosure(closure.storePath, rootDir, signal);
       else await this.realiser.realise([closure.storePath], rootDir, signal);
-      await checkNoEscape(closure.storePath, this.storeDir);
+      // Refuses a symlink out of the store; a missing path is reported by
+      // the read of its closure file, next.
+      isPresentInStore(closure.storePath, this.storeDir);
       const listed = parseClosureFile(await readClosureFile(closure), closure.file, this.storeDir);
       const all = [...new Set([...listed, ...layer.paths])].sort();
       kept ??= await queryRequisites(closure.storePath, signal);
@@ -322,12 +325,12 @@ export class NixSnapshotter implements Snapshotter {
       await this.realiser.realise(paths, rootDir, signal);
     }
     await this.ensurePresent(paths, rootDir, signal);
-    await this.checkPaths(paths);
     return paths;
   }
 
   /**
-   * Every path must be in the store now that it is rooted. A collection
+   * Every path must be in the store now that it is rooted (and none may be
+   * a symlink out of it: isPresentInStore). A collection
    * that began before the roots existed may still delete what was just
    * realised (Nix 2.8): wait for it to end, look, and realise again what
    * vanished (rooted afresh; no later collection can take it).
@@ -335,7 +338,7 @@ export class NixSnapshotter implements Snapshotter {
   private async ensurePresent(paths: readonly StorePath[], rootDir: string, signal: AbortSignal): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       await waitForGarbageCollector(signal);
-      const missing = paths.filter((p) => !existsSync(p));
+      const missing = await this.missingFromStore(paths);
       if (missing.length === 0) return;
       if (attempt >= MAX_REALISE_ATTEMPTS) {
         throw new UnavailableError(`${missing.length} store paths (${missing[0]}, ...) vanished from the store right after they were rooted, ${attempt} times; is something deleting store paths by force?`);
@@ -348,23 +351,14 @@ export class NixSnapshotter implements Snapshotter {
     }
   }
 
-  /** Every path must stay inside the store (no symlink escape). */
-  private async checkPaths(paths: readonly StorePath[]): Promise<void> {
-    let next = 0;
-    const work = async () => {
-      while (next < paths.length) {
-        const p = paths[next++]!;
-        try {
-          await checkNoEscape(p, this.storeDir);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-            throw new InvalidArgumentError(`store path ${p} is not in the store (listed by the image's closure, but not realised)`);
-          }
-          throw err;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(CHECK_CONCURRENCY, paths.length) }, work));
+  /** The paths not in the store; yields to other calls between batches. */
+  private async missingFromStore(paths: readonly StorePath[]): Promise<StorePath[]> {
+    const missing: StorePath[] = [];
+    for (let i = 0; i < paths.length; i++) {
+      if (i > 0 && i % CHECK_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
+      if (!isPresentInStore(paths[i]!, this.storeDir)) missing.push(paths[i]!);
+    }
+    return missing;
   }
 
   /**
