@@ -83,22 +83,25 @@ check_modules() {
     fail "modules: NIX_SOURCES=$NIX_SOURCES lacks nixpkgs/lib or current/nixpkgs/lib"
     return
   fi
-  local f out n
+  local f out n err
   export NIX_SOURCES
+  # The answer is stdout alone: Nix also writes warnings to stderr (such as
+  # a busy store database it then retries), which say nothing of the modules.
+  err=$(mktemp)
   for f in eval-modules.nix eval-tests.nix eval-package.nix eval-flake.nix; do
     if ! out=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" \
-                 --arg sources "$NIX_SOURCES" -A failures 2>&1); then
-      fail "$f: evaluation failed: $out"
+                 --arg sources "$NIX_SOURCES" -A failures 2>"$err"); then
+      fail "$f: evaluation failed: $(tail -n 30 "$err")"
       continue
     fi
-    out=$(echo "$out" | grep -v '^trace: ')
     if [ "$out" != "[]" ]; then
-      fail "$f: $out"
+      fail "$f: $out $(tail -n 30 "$err")"
       continue
     fi
     n=$(nix-instantiate --eval --strict --json --read-write-mode "$here/$f" --arg sources "$NIX_SOURCES" -A checks 2>/dev/null | grep -v '^trace: ')
     echo "ok: $f: $n checks hold"
   done
+  rm -f "$err"
 }
 
 case "$what" in
