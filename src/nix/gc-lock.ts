@@ -40,9 +40,7 @@ export function gcLockPath(): string {
  */
 export function gcLockState(lock = gcLockPath()): "free" | "held" | "unknown" {
   try {
-    if (readlinkSync("/proc/self/ns/pid") !== INITIAL_PID_NAMESPACE) return "unknown";
-    // /proc mounted for another pid namespace would list other processes.
-    if (readlinkSync("/proc/self") !== String(process.pid)) return "unknown";
+    if (!tableShowsEveryProcess()) return "unknown";
     const st = statSync(lock, { bigint: true, throwIfNoEntry: false });
     // No file: no collector has one open (a collector creates it before it locks it).
     if (st === undefined) return "free";
@@ -58,6 +56,18 @@ export function gcLockState(lock = gcLockPath()): "free" | "held" | "unknown" {
   } catch {
     return "unknown";
   }
+}
+
+let showsEveryProcess: boolean | undefined;
+
+/**
+ * Whether this process's /proc/locks lists the locks of every process: it
+ * runs in the initial pid namespace, and /proc is mounted for that
+ * namespace. Neither changes while the process lives, so it is read once.
+ */
+function tableShowsEveryProcess(): boolean {
+  showsEveryProcess ??= readlinkSync("/proc/self/ns/pid") === INITIAL_PID_NAMESPACE && readlinkSync("/proc/self") === String(process.pid);
+  return showsEveryProcess;
 }
 
 /**
